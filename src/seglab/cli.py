@@ -1,0 +1,255 @@
+"""``seglab`` command line: one subcommand per workflow stage (the only argument parser).
+
+Snakemake rules call these with named inputs and outputs; each subcommand reads its
+stage config (written by the Snakefile under ``<output_dir>/config/``) and its input
+files, and writes its output files. Any error a user can cause ends in one
+``seglab: error: ...`` line naming the file or key, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ConfigError, config_hash, flatten, read_json
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        tags[f"snakemake.{key}"] = value
+    return tags
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from .data.sources import fetch_dataset
+
+    fetch_dataset(read_json(args.config)["dataset"], Path(args.out))
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from .data.verify import dataset_root, verify_dataset
+
+    cfg = read_json(args.config)
+    root = dataset_root(cfg["dataset"], Path(args.raw) if args.raw else None)
+    report = verify_dataset(root, cfg["dataset"], cfg["verify"]["on_error"])
+    _write_json(Path(args.out), report)
+    print(f"verified {report['pairs_found']} pairs in {root}: {report['pairs_ok']} usable, {len(report['problems'])} problem(s)")
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from .data.preprocess import preprocess
+
+    cfg = read_json(args.config)
+    start = time.perf_counter()
+    fingerprint = preprocess(read_json(args.verify), cfg["preprocess"]["size"], cfg["preprocess"]["policy"], Path(args.out))
+    print(f"prepared {fingerprint['num_images']} images at {fingerprint['size']}px in {time.perf_counter() - start:.1f}s")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .data.splits import make_splits
+
+    split = read_json(args.config)["split"]
+    manifest = pd.read_csv(Path(args.prepared) / "manifest.csv", dtype={"id": str, "group": str})
+    splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"])
+    _write_json(Path(args.out), splits)
+    print(f"split: test {splits['counts']['test']} images, folds {splits['counts']['folds']}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .runtime import set_threads
+    from .tracking import open_run
+    from .train import pretrain_colorization
+
+    set_threads(args.threads)
+    cfg = read_json(args.config)
+    name = Path(args.out).name
+    study = cfg["study"]["name"]
+    run = open_run(cfg["tracking"], study, f"{study}/pretrain/{name}", f"pretrain-{name}",
+                   tags={"seglab.stage": "pretrain", "seglab.config_hash": config_hash(cfg), **_tags(args.tag)})
+    _finish(run, lambda: pretrain_colorization(cfg, Path(args.prepared), read_json(args.splits), Path(args.out), run))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .runtime import set_threads
+    from .tracking import open_run
+    from .train import train_fold
+
+    set_threads(args.threads)
+    cfg = read_json(args.config)
+    study, variant = cfg["study"]["name"], cfg["variant"]
+    splits = read_json(args.splits)
+    tags = {
+        "seglab.stage": "train", "seglab.variant": variant, "seglab.fold": args.fold,
+        "seglab.config_hash": config_hash(cfg), "seglab.splits_hash": config_hash(splits),
+        "seglab.data_hash": config_hash(read_json(Path(args.prepared) / "fingerprint.json")), **_tags(args.tag),
+    }
+    run = open_run(cfg["tracking"], study, f"{study}/{variant}/fold{args.fold}", f"{variant}-fold{args.fold}",
+                   parent_key=f"{study}/{variant}", tags=tags)
+    run.log_params(flatten({k: v for k, v in cfg.items() if k not in ("tracking",)}))
+    init = Path(args.init) if args.init else None
+    _finish(run, lambda: train_fold(cfg, Path(args.prepared), splits, args.fold, Path(args.out), init, run))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_variant
+    from .runtime import set_threads
+    from .tracking import open_run
+
+    set_threads(args.threads)
+    cfg = read_json(args.config)
+    study, variant = cfg["study"]["name"], cfg["variant"]
+    folds = [Path(d) for d in args.fold_dirs]
+    summaries = [read_json(d / "summary.json") for d in folds]
+    metrics = evaluate_variant(cfg, Path(args.prepared), read_json(args.splits), [d / "best.pt" for d in folds],
+                               summaries, Path(args.out), tta=args.tta)
+    run = open_run(cfg["tracking"], study, f"{study}/{variant}", variant,
+                   tags={"seglab.stage": "variant", "seglab.variant": variant, "seglab.config_hash": config_hash(cfg)})
+    run.log_params(flatten({k: v for k, v in cfg.items() if k not in ("tracking",)}))
+    run.log_metrics({f"test_{k}": v for k, v in metrics["test"]["ensemble"].items()})
+    run.log_metrics({f"cv_{k}": v for k, v in metrics["cv"].items() if not k.endswith("per_fold")})
+    run.log_artifact(Path(args.out) / "per_image.csv")
+    ensemble = metrics["test"]["ensemble"]
+    print(f"{variant}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(folds)} folds)")
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from .aggregate import learning_curves, study_metrics
+    from .tracking import open_tracker
+
+    cfg = read_json(args.config)
+    per_variant = {Path(d).name: read_json(Path(d) / "metrics.json") for d in args.eval_dirs}
+    metrics = study_metrics(cfg["study"], per_variant)
+    _write_json(Path(args.metrics), metrics)
+    histories = {}
+    for folder in args.fold_dirs:
+        folder = Path(folder)
+        histories[(folder.parent.name, int(folder.name.removeprefix("fold")))] = folder / "history.csv"
+    curves = learning_curves(histories)
+    Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(args.curves, index=False)
+    tracker = open_tracker(cfg["tracking"], cfg["study"]["name"])
+    if tracker is not None:
+        tracker.finish_parents()
+    for name, row in metrics["variants"].items():
+        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}   test Dice {row['test_dice']:.4f}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .report.document import ReportInputs, build_report
+
+    inputs = ReportInputs(
+        study=read_json(args.config), metrics=read_json(args.metrics), curves=pd.read_csv(args.curves),
+        prepared=Path(args.prepared), splits=read_json(args.splits), verify=read_json(args.verify),
+        eval_dirs={Path(d).name: Path(d) for d in args.eval_dirs},
+        pretrain_dirs=[Path(d) for d in args.pretrain_dirs or []],
+    )
+    build_report(inputs, Path(args.out))
+    print(f"report written to {Path(args.out) / 'index.html'}")
+
+
+def cmd_track_init(args: argparse.Namespace) -> None:
+    """Create the store and the experiment once, before parallel jobs start writing to it."""
+    from .tracking import open_tracker
+
+    cfg = read_json(args.config)
+    tracker = open_tracker(cfg["tracking"], cfg["study"]["name"])
+    if tracker is not None:
+        print(f"MLflow: experiment '{tracker.experiment}' ({tracker.experiment_id}) in {tracker.uri}")
+
+
+def _finish(run: Any, work: Callable[[], Any]) -> Any:
+    """Run the stage's work and close its MLflow run as FINISHED or FAILED."""
+    try:
+        result = work()
+    except BaseException:
+        run.finish("FAILED")
+        raise
+    run.finish("FINISHED")
+    return result
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seglab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", required=True, help="stage config JSON written by the workflow")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("download", cmd_download, "fetch or generate the raw dataset")
+    p.add_argument("--out", required=True)
+    p = command("verify", cmd_verify, "decode and check every image/mask pair")
+    p.add_argument("--raw", help="raw data folder (not needed for source: folder)")
+    p.add_argument("--out", required=True)
+    p = command("preprocess", cmd_preprocess, "resize/pad and cache the verified pairs")
+    p.add_argument("--verify", required=True)
+    p.add_argument("--out", required=True)
+    p = command("split", cmd_split, "held-out test set and k folds")
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--out", required=True)
+    for name, func, help in (("pretrain", cmd_pretrain, "colorization pretraining"),
+                             ("train", cmd_train, "train one variant on one fold")):
+        p = command(name, func, help)
+        p.add_argument("--prepared", required=True)
+        p.add_argument("--splits", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--tag", action="append", help="key=value recorded on the MLflow run")
+        if name == "train":
+            p.add_argument("--fold", type=int, required=True)
+            p.add_argument("--init", help="colorization weights for init: colorization")
+    p = command("evaluate", cmd_evaluate, "evaluate the fold models and their ensemble on the test set")
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--fold-dirs", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tta", action="store_true", help="average over flips at test time")
+    p.add_argument("--threads", type=int, default=None)
+    p = command("aggregate", cmd_aggregate, "study metrics and learning curves")
+    p.add_argument("--eval-dirs", nargs="+", required=True)
+    p.add_argument("--fold-dirs", nargs="+", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--curves", required=True)
+    p = command("report", cmd_report, "write the HTML and Markdown report")
+    for flag in ("--metrics", "--curves", "--prepared", "--splits", "--verify", "--out"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--eval-dirs", nargs="+", required=True)
+    p.add_argument("--pretrain-dirs", nargs="*")
+    command("track-init", cmd_track_init, "create the MLflow experiment before jobs start")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .data.io import DataError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"seglab: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Study configuration: load, validate against the schema, fill defaults, resolve variants.
+
+The schema (``schemas/config.schema.yaml``, linked from ``workflow/schemas/``) is the
+single description of every key, its type, range, default and meaning. Validation
+fills defaults, refuses unknown keys, and turns the first problem into one
+``ConfigError`` that names the file, the key and the fix.
+
+A variant is ``defaults`` deep-merged with the variant's own overrides, validated as a
+whole: variants differ only in data, never in code.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A problem in the study configuration that the user can fix."""
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    text = resources.files("seglab").joinpath(SCHEMA_RESOURCE).read_text()
+    return yaml.safe_load(text)
+
+
+def _defaulting_validator_class() -> type:
+    """A Draft 2020-12 validator that writes each property's ``default`` into the instance.
+
+    Defaults are set before descending, so an object defaulted to ``{}`` gets its own
+    nested defaults filled as well.
+    """
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+_Validator = _defaulting_validator_class()
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``override``; nested dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _describe(error: jsonschema.ValidationError, prefix: str) -> str:
+    path = ".".join(str(p) for p in [prefix, *error.absolute_path] if p != "")
+    key = path or "(top level)"
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unexpected = sorted(set(error.instance) - set(known))
+        where = f"{key}." if path else ""
+        return (
+            f"unknown key '{where}{unexpected[0]}'. Known keys here: {', '.join(known)}. "
+            "Fix the spelling or remove it."
+        )
+    hint = error.schema.get("description")
+    text = f"key '{key}': {error.message}."
+    return f"{text} ({hint})" if hint else text
+
+
+def _check(instance: Any, schema: dict[str, Any], source: str, prefix: str = "") -> None:
+    validator = _Validator(schema, registry=_registry())
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(f"{source}: {_describe(best, prefix)}")
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    """Lets a variant be validated on its own against ``$defs/variant`` of the schema."""
+    from referencing import Registry, Resource
+
+    return Registry().with_resource("urn:seglab", Resource.from_contents(load_schema()))
+
+
+def _variant_schema() -> dict[str, Any]:
+    return {"$ref": "urn:seglab#/$defs/variant"}
+
+
+def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[str, Any]:
+    """Validate a raw study config and return it with defaults filled and variants resolved.
+
+    The returned dict has ``variants`` mapping each name to its complete resolved
+    settings (defaults merged with the variant's overrides).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping of sections (study, dataset, ..., variants).")
+    cfg = copy.deepcopy(raw)
+    _check(cfg, load_schema(), source)
+
+    defaults_raw = raw.get("defaults") or {}
+    resolved: dict[str, Any] = {}
+    for name, override in cfg["variants"].items():
+        merged = deep_merge(defaults_raw, override or {})
+        where = f"variants.{name}" if override else "defaults"
+        _check(merged, _variant_schema(), source, prefix=where)
+        resolved[name] = merged
+    cfg["variants"] = resolved
+
+    baseline = cfg["study"]["baseline"]
+    if baseline is None:
+        cfg["study"]["baseline"] = next(iter(resolved))
+    elif baseline not in resolved:
+        raise ConfigError(
+            f"{source}: key 'study.baseline': '{baseline}' is not a variant. "
+            f"Use one of: {', '.join(resolved)}."
+        )
+    return cfg
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML study file and validate it (see :func:`validate`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file. Pass an existing YAML file (e.g. config.yaml).")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return validate(raw, source=str(path))
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Short, stable hash of a config block (key order does not matter)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def pretrain_key(variant: dict[str, Any]) -> str:
+    """Name of the colorization pretraining a variant needs: one per distinct architecture."""
+    return f"{variant['model']['name']}-{config_hash(variant['model'], 8)}"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``; lists are kept as JSON strings."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(obj, list):
+        return {prefix[:-1]: canonical_json(obj)}
+    return {prefix[:-1]: obj}
+
+
+def stage_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-stage config files the workflow writes under ``<output_dir>/config/``.
+
+    Each stage reads only its own file, so changing one key re-runs only the stages
+    that depend on it (Snakemake sees the file's time change only when its content does).
+    """
+    study = cfg["study"]
+    files: dict[str, dict[str, Any]] = {
+        "dataset.json": {"dataset": cfg["dataset"]},
+        "prepare.json": {"dataset": cfg["dataset"], "verify": cfg["verify"], "preprocess": cfg["preprocess"]},
+        "split.json": {"split": cfg["split"]},
+        "study.json": cfg,
+    }
+    run_common = {
+        "study": {k: study[k] for k in ("name", "seed", "device", "deterministic")},
+        "tracking": cfg["tracking"],
+    }
+    for name, variant in cfg["variants"].items():
+        files[f"variants/{name}.json"] = {**run_common, "variant": name, **variant}
+        if variant["init"] == "colorization":
+            key = pretrain_key(variant)
+            files[f"pretrain/{key}.json"] = {**run_common, "pretrain": cfg["pretrain"], "model": variant["model"]}
+    return files
+
+
+def write_if_changed(path: Path, obj: Any) -> bool:
+    """Write JSON only when the content differs, so file times mean 'content changed'."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found. Run the stage that writes it first (see the Snakefile).") from None

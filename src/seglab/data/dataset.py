@@ -1,0 +1,98 @@
+"""Torch datasets over the preprocessed cache (memory-mapped, never re-decoded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+
+
+class PreparedData:
+    """The output of the preprocess stage, opened read-only."""
+
+    def __init__(self, folder: Path) -> None:
+        import json
+
+        self.folder = Path(folder)
+        self.images = np.load(self.folder / "images.npy", mmap_mode="r")
+        self.masks = np.load(self.folder / "masks.npy", mmap_mode="r")
+        self.manifest = pd.read_csv(self.folder / "manifest.csv", dtype={"id": str, "group": str})
+        self.fingerprint: dict[str, Any] = json.loads((self.folder / "fingerprint.json").read_text())
+        self._row = {id_: i for i, id_ in enumerate(self.manifest["id"])}
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.fingerprint["num_classes"])
+
+    @property
+    def ignore_index(self) -> int | None:
+        return self.fingerprint["ignore_index"]
+
+    def indices(self, ids: Sequence[str]) -> np.ndarray:
+        return np.array([self._row[i] for i in ids], dtype=np.int64)
+
+
+def normalise(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32, standardised with the dataset fingerprint."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+class SegmentationDataset(Dataset):
+    """(image (3,H,W) float32, mask (H,W) int64) pairs; IGNORE pixels stay IGNORE."""
+
+    def __init__(self, data: PreparedData, ids: Sequence[str], augment=None) -> None:
+        self.data = data
+        self.ids = list(ids)
+        self.rows = data.indices(self.ids)
+        self.augment = augment
+        self.mean = torch.tensor(data.fingerprint["mean"], dtype=torch.float32)
+        self.std = torch.tensor(data.fingerprint["std"], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.rows[i]
+        image, mask = self.data.images[row], self.data.masks[row]
+        if self.augment is not None:
+            out = self.augment(image=np.asarray(image), mask=np.asarray(mask))
+            image, mask = out["image"], out["mask"]
+        return normalise(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).long()
+
+
+class ColorizationDataset(Dataset):
+    """(grey image as 3 identical standardised channels, RGB target in [0, 1]).
+
+    The grey input keeps three channels so the pretrained network has exactly the
+    architecture that is fine-tuned on colour images.
+    """
+
+    GREY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114])
+
+    def __init__(self, data: PreparedData, ids: Sequence[str], augment=None) -> None:
+        self.data = data
+        self.rows = data.indices(ids)
+        self.augment = augment
+        mean = torch.tensor(data.fingerprint["mean"], dtype=torch.float32)
+        std = torch.tensor(data.fingerprint["std"], dtype=torch.float32)
+        self.grey_mean = float((mean * self.GREY_WEIGHTS).sum())
+        self.grey_std = float((std * self.GREY_WEIGHTS).sum())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = np.asarray(self.data.images[self.rows[i]])
+        if self.augment is not None:
+            image = self.augment(image=image)["image"]
+        rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        grey = (rgb * self.GREY_WEIGHTS[:, None, None]).sum(0, keepdim=True)
+        grey = (grey - self.grey_mean) / self.grey_std
+        return grey.expand(3, -1, -1).contiguous(), rgb
+

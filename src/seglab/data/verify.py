@@ -1,0 +1,170 @@
+"""Verify a raw dataset before anything is trained on it.
+
+Every image and mask is decoded; pairs are checked for a missing partner, a size
+mismatch, mask values outside the declared classes, undecodable files and duplicates.
+The result is a report (JSON) listing the good pairs and every problem. With
+``verify.on_error: fail`` any problem stops the study with one message naming every
+bad file; with ``skip`` the bad pairs are dropped and listed, never silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import IMAGE_SUFFIXES, DataError, read_image, read_mask, sha256_file
+
+DEFAULT_CLASSES = ["background", "foreground"]
+
+
+def dataset_root(dataset: dict[str, Any], raw_dir: Path | None) -> Path:
+    """The folder holding the data: the downloaded/generated one, or the user's folder."""
+    if dataset["source"] == "folder":
+        root = dataset["folder"]["root"]
+        if not root:
+            raise DataError("dataset.folder.root is empty. Set it to the folder holding your images and masks.")
+        return Path(root)
+    if raw_dir is None:
+        raise ValueError("a raw data folder is needed for source " + dataset["source"])
+    return raw_dir
+
+
+def resolve_classes(dataset: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Class names, mask encoding and ignore label: config first, then the folder's classes.json."""
+    meta: dict[str, Any] = {}
+    meta_file = root / "classes.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+    names = dataset["classes"] or meta.get("names") or DEFAULT_CLASSES
+    encoding = dataset["mask_encoding"]
+    if encoding == "auto":
+        encoding = meta.get("mask_encoding", "binary")
+    ignore = dataset["ignore_index"] if dataset["ignore_index"] is not None else meta.get("ignore_index")
+    if encoding == "binary" and len(names) != 2:
+        raise DataError(
+            f"dataset.classes has {len(names)} names but dataset.mask_encoding is binary (2 classes). "
+            "Set mask_encoding: labels for a multi-class dataset."
+        )
+    return {"names": list(names), "mask_encoding": encoding, "ignore_index": ignore}
+
+
+def _index(folder: Path, pattern: str, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: the {what} folder does not exist. Check dataset.folder.root and dataset.folder.{what}.")
+    regex = re.compile(pattern)
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        match = regex.match(path.stem)
+        if match:
+            found[match.group("id")] = path
+    return found
+
+
+def discover_pairs(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Pair images with masks by the ``id`` group of the two regexes; report lone files."""
+    images = _index(root / folder_cfg["images"], folder_cfg["image_regex"], "images")
+    masks = _index(root / folder_cfg["masks"], folder_cfg["mask_regex"], "masks")
+    if not images:
+        raise DataError(
+            f"{root / folder_cfg['images']}: no image matches dataset.folder.image_regex "
+            f"{folder_cfg['image_regex']!r}. Check the folder and the regex."
+        )
+    group_re = re.compile(folder_cfg["group_regex"]) if folder_cfg["group_regex"] else None
+    pairs, problems = [], []
+    for key, image in images.items():
+        if key not in masks:
+            problems.append({"id": key, "file": str(image), "problem": "image without a mask"})
+            continue
+        group = key
+        if group_re and (m := group_re.search(key)):
+            group = m.group("group")
+        pairs.append({"id": key, "image": str(image), "mask": str(masks[key]), "group": group})
+    for key in sorted(set(masks) - set(images)):
+        problems.append({"id": key, "file": str(masks[key]), "problem": "mask without an image"})
+    return pairs, problems
+
+
+def check_pair(pair: dict[str, Any], classes: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """Decode one pair; return its record (size, hashes) or the problems found."""
+    problems = []
+    try:
+        image = read_image(Path(pair["image"]))
+    except DataError as exc:
+        return None, [{"id": pair["id"], "file": pair["image"], "problem": str(exc)}]
+    try:
+        mask = read_mask(Path(pair["mask"]), classes["mask_encoding"])
+    except DataError as exc:
+        return None, [{"id": pair["id"], "file": pair["mask"], "problem": str(exc)}]
+    if image.shape[:2] != mask.shape:
+        problems.append({
+            "id": pair["id"], "file": pair["mask"],
+            "problem": f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size {image.shape[1]}x{image.shape[0]}",
+        })
+    allowed = set(range(len(classes["names"])))
+    if classes["ignore_index"] is not None:
+        allowed.add(classes["ignore_index"])
+    unknown = sorted(set(np.unique(mask).tolist()) - allowed)
+    if unknown:
+        problems.append({
+            "id": pair["id"], "file": pair["mask"],
+            "problem": f"label values {unknown} are not among the {len(classes['names'])} classes "
+                       "(declare them in dataset.classes or set dataset.ignore_index)",
+        })
+    if problems:
+        return None, problems
+    record = {
+        **pair,
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "sha256_image": sha256_file(Path(pair["image"])),
+        "sha256_mask": sha256_file(Path(pair["mask"])),
+    }
+    return record, []
+
+
+def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[str, Any]:
+    """Check every pair under ``root``; raise DataError (policy ``fail``) or skip bad pairs."""
+    classes = resolve_classes(dataset, root)
+    pairs, problems = discover_pairs(root, dataset["folder"] if dataset["source"] == "folder" else _builtin_layout())
+    ok: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for pair in pairs:
+        record, found = check_pair(pair, classes)
+        problems.extend(found)
+        if record is None:
+            continue
+        if record["sha256_image"] in seen:
+            problems.append({"id": pair["id"], "file": pair["image"], "problem": f"duplicate of {seen[record['sha256_image']]}"})
+            continue
+        seen[record["sha256_image"]] = pair["image"]
+        ok.append(record)
+    report = {
+        "root": str(root),
+        "pairs_found": len(pairs),
+        "pairs_ok": len(ok),
+        "on_error": on_error,
+        "classes": classes,
+        "problems": problems,
+        "pairs": ok,
+    }
+    if problems and on_error == "fail":
+        listing = "\n".join(f"  {p['file']}: {p['problem']}" for p in problems)
+        raise DataError(
+            f"verification found {len(problems)} problem(s) in {root}:\n{listing}\n"
+            "Fix or remove these files, or set verify.on_error: skip to leave them out (they are then listed in the report)."
+        )
+    if not ok:
+        raise DataError(f"{root}: no usable image/mask pair left after verification. Check the dataset block of the config.")
+    return report
+
+
+def _builtin_layout() -> dict[str, Any]:
+    """Generated and downloaded data are laid out as images/<id>.png + masks/<id>.png."""
+    return {"images": "images", "masks": "masks", "image_regex": "^(?P<id>.+)$",
+            "mask_regex": "^(?P<id>.+)$", "group_regex": r"^(?P<group>[^_]+)_"}

@@ -1,0 +1,71 @@
+"""Model registry: ``model.name`` in the config picks the builder; the rest are its options.
+
+Every builder returns an ``nn.Module`` mapping (N, in_channels, H, W) to (N, out_channels, H, W)
+logits, with its final layer named in :data:`HEAD_PREFIXES` so weight transfer can skip it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .unet import UNet
+
+HEAD_PREFIXES = ("head.", "segmentation_head.")
+
+
+def _unet(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
+    return UNet(
+        in_channels,
+        out_channels,
+        base=cfg["base"],
+        depth=cfg["depth"],
+        batch_norm=cfg["batch_norm"],
+        dropout=cfg["dropout"],
+        upsample=cfg["upsample"],
+    )
+
+
+MODELS: dict[str, Callable[[dict[str, Any], int, int], nn.Module]] = {"unet": _unet}
+
+
+def build_model(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
+    try:
+        builder = MODELS[cfg["name"]]
+    except KeyError:
+        raise ValueError(f"model.name: unknown model {cfg['name']!r}; known: {', '.join(MODELS)}") from None
+    return builder(cfg, in_channels, out_channels)
+
+
+def output_channels(num_classes: int, binary_head: str) -> int:
+    """Logits the head needs: 1 for a sigmoid binary head, else one per class."""
+    if num_classes == 2 and binary_head == "sigmoid":
+        return 1
+    return num_classes
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"params_trainable": trainable, "params_frozen": total - trainable}
+
+
+def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Load every pretrained tensor whose name and shape match, except the head.
+
+    Returns the names loaded and skipped so that the run can record what was transferred.
+    """
+    own = model.state_dict()
+    loaded, skipped = [], []
+    for name, tensor in state.items():
+        if name.startswith(HEAD_PREFIXES) or name not in own or own[name].shape != tensor.shape:
+            skipped.append(name)
+            continue
+        own[name] = tensor
+        loaded.append(name)
+    if not loaded:
+        raise ValueError("the pretrained weights share no layer with this model; check that init and model match")
+    model.load_state_dict(own)
+    return {"loaded": loaded, "skipped": skipped}

@@ -1,0 +1,1 @@
+"""The study report: figures (``figures``) and the HTML/Markdown documents (``document``)."""

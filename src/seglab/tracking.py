@@ -1,0 +1,183 @@
+"""MLflow run records: the only module that imports mlflow.
+
+One experiment per study; a parent run per variant with a child run per fold; one run
+for each pretraining and one for the evaluation. Runs are found again by a stable key
+tag (``seglab.key``), so re-running a job continues its run instead of adding one.
+Parallel Snakemake jobs share one SQLite store: the experiment and parent runs are
+created under a file lock, and calls are retried while the database is locked.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from filelock import FileLock
+
+T = TypeVar("T")
+KEY_TAG = "seglab.key"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def resolve_uri(configured: str | None) -> str:
+    """Config first, then $MLFLOW_TRACKING_URI, then ``sqlite:///mlflow.db`` in the project."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _retry(call: Callable[[], T], attempts: int = 30) -> T:
+    """Retry while SQLite reports a lock: parallel jobs write to the same store."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # mlflow wraps sqlite errors in several exception types
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.1 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+def _lock(uri: str) -> FileLock:
+    """One lock per store, beside the SQLite file (or in .seglab/ for server stores)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):] + ".lock")
+    else:
+        path = Path(".seglab") / "mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=600)
+
+
+class Run:
+    """A handle on one MLflow run; every call is retried on a locked store."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        existing = _retry(lambda: self.client.get_run(self.run_id)).data.params
+        # MLflow refuses to change a logged param; a continued run keeps the first values.
+        items = [p for p in items if p.key not in existing]
+        for i in range(0, len(items), 100):
+            _retry(lambda chunk=items[i:i + 100]: self.client.log_batch(self.run_id, params=chunk))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        items = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 500):
+            _retry(lambda chunk=items[i:i + 500]: self.client.log_batch(self.run_id, metrics=chunk))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, tags=items))
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        if Path(path).exists():
+            _retry(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        _retry(lambda: self.client.set_terminated(self.run_id, status))
+
+
+class NullRun(Run):
+    """Used when tracking is disabled: the same calls, recorded nowhere."""
+
+    def __init__(self) -> None:
+        self.run_id = "untracked"
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class Tracker:
+    """Opens runs of one study's experiment in one store."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = self._experiment_id()
+
+    def _experiment_id(self) -> str:
+        with _lock(self.uri):
+            found = _retry(lambda: self.client.get_experiment_by_name(self.experiment))
+            if found is not None:
+                if found.lifecycle_stage == "deleted":
+                    _retry(lambda: self.client.restore_experiment(found.experiment_id))
+                return found.experiment_id
+            return _retry(lambda: self.client.create_experiment(self.experiment))
+
+    def _find(self, key: str) -> str | None:
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1,
+        ))
+        return runs[0].info.run_id if runs else None
+
+    def open(self, key: str, name: str, parent_key: str | None = None, tags: dict[str, Any] | None = None) -> Run:
+        """The run with this key, created if missing (and its parent's, for nesting)."""
+        with _lock(self.uri):
+            parent_id = None
+            if parent_key is not None:
+                parent_id = self._find(parent_key) or self._create(parent_key, parent_key.split("/")[-1], None, {})
+            run_id = self._find(key) or self._create(key, name, parent_id, tags or {})
+        run = Run(self.client, run_id)
+        if _retry(lambda: self.client.get_run(run_id)).info.status != "RUNNING":
+            _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        if tags:
+            run.set_tags(tags)
+        return run
+
+    def _create(self, key: str, name: str, parent_id: str | None, tags: dict[str, Any]) -> str:
+        all_tags = {KEY_TAG: key, "mlflow.runName": name, **{k: str(v) for k, v in tags.items()}}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = _retry(lambda: self.client.create_run(self.experiment_id, tags=all_tags, run_name=name))
+        return run.info.run_id
+
+    def finish_parents(self) -> None:
+        """Mark variant parent runs finished once their folds are done (called by aggregate)."""
+        runs = _retry(lambda: self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'"))
+        for run in runs:
+            if "mlflow.parentRunId" not in run.data.tags:
+                _retry(lambda rid=run.info.run_id: self.client.set_terminated(rid, "FINISHED"))
+
+    def runs(self) -> list[Any]:
+        return _retry(lambda: self.client.search_runs([self.experiment_id], max_results=10000))
+
+
+def open_tracker(tracking_cfg: dict[str, Any], experiment: str) -> Tracker | None:
+    if not tracking_cfg.get("enabled", True):
+        return None
+    return Tracker(resolve_uri(tracking_cfg.get("uri")), experiment)
+
+
+def open_run(tracking_cfg: dict[str, Any], experiment: str, key: str, name: str,
+             parent_key: str | None = None, tags: dict[str, Any] | None = None) -> Run:
+    tracker = open_tracker(tracking_cfg, experiment)
+    if tracker is None:
+        return NullRun()
+    base = {"seglab.commit": git_commit(), "seglab.study": experiment}
+    return tracker.open(key, name, parent_key, {**base, **(tags or {})})

@@ -1,0 +1,220 @@
+"""Train one variant on one cross-validation fold, and the colorization pretraining.
+
+These functions wire data, model, loss and engine together and write the stage's
+files. Tracking is passed in as a ``Run`` (or ``NullRun``), so the library runs and
+tests without MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.dataset import ColorizationDataset, PreparedData, SegmentationDataset
+from .data.splits import fold_ids
+from .data.transforms import build_augmentation
+from .engine import Precision, fit
+from .losses import build_loss
+from .metrics import MetricAccumulator
+from .models import build_model, count_parameters, output_channels, transfer_weights
+from .runtime import seed_everything, select_device
+from .report import figures
+from .tracking import NullRun, Run
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        # A fixed generator makes the batch order part of the seed, hence reproducible.
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=shuffle and len(dataset) > batch_size,
+    )
+
+
+def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
+    name = cfg["name"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    raise ValueError(f"optimizer.name: unknown optimiser {name!r}; use adam, adamw or sgd")
+
+
+def foreground_classes(data: PreparedData) -> list[int]:
+    return list(range(1, data.num_classes))
+
+
+def _epoch_line(prefix: str, record: dict[str, Any], is_best: bool) -> str:
+    extra = f" val_dice={record['val_dice']:.4f}" if "val_dice" in record else ""
+    best = " *best*" if is_best else ""
+    return (f"{prefix} epoch {record['epoch']:3d} train_loss={record['train_loss']:.4f} "
+            f"val_loss={record['val_loss']:.4f}{extra} {record['seconds']:.1f}s "
+            f"({record['train_images_per_s']:.0f} img/s){best}")
+
+
+def train_fold(
+    variant: dict[str, Any],
+    prepared: Path,
+    splits: dict[str, Any],
+    fold: int,
+    out_dir: Path,
+    init_weights: Path | None = None,
+    run: Run | None = None,
+) -> dict[str, Any]:
+    """Train ``variant`` on fold ``fold``; write best.pt, history.csv and summary.json to ``out_dir``."""
+    run = run or NullRun()
+    study = variant["study"]
+    seed = study["seed"] + fold
+    seed_everything(seed, study["deterministic"])
+    device = select_device(study["device"])
+    data = PreparedData(prepared)
+    train_ids, val_ids = fold_ids(splits, fold)
+    cfg_train = variant["train"]
+
+    train_set = SegmentationDataset(data, train_ids, build_augmentation(variant["augmentation"], seed))
+    val_set = SegmentationDataset(data, val_ids)
+    train_loader = make_loader(train_set, cfg_train["batch_size"], True, seed, cfg_train["num_workers"], device)
+    val_loader = make_loader(val_set, cfg_train["batch_size"], False, seed, cfg_train["num_workers"], device)
+
+    model = build_model(variant["model"], 3, output_channels(data.num_classes, variant["model"]["binary_head"]))
+    transferred: dict[str, list[str]] = {"loaded": [], "skipped": []}
+    if variant["init"] == "colorization":
+        if init_weights is None:
+            raise ValueError(f"variant {variant['variant']!r} has init: colorization but no pretrained weights were given")
+        transferred = transfer_weights(model, load_checkpoint(init_weights)["model"])
+    model.to(device)
+    loss_fn = build_loss(variant["loss"], data.num_classes, data.ignore_index)
+    optimizer = build_optimizer(variant["optimizer"], [p for p in model.parameters() if p.requires_grad])
+    metrics = MetricAccumulator(data.num_classes, data.ignore_index, foreground_classes(data))
+    params = count_parameters(model)
+
+    run.log_params({
+        "fold": fold, "seed": seed, "device": device.type, "train_images": len(train_ids),
+        "val_images": len(val_ids), "transferred_tensors": len(transferred["loaded"]), **params,
+    })
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    prefix = f"[{variant['variant']} fold {fold}]"
+    best_path = out_dir / "best.pt"
+
+    def on_epoch(record: dict[str, Any], is_best: bool) -> None:
+        history.append(record)
+        run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        if is_best:
+            save_checkpoint({"model": model.state_dict(), "epoch": record["epoch"]}, best_path)
+        print(_epoch_line(prefix, record, is_best), flush=True)
+
+    start = time.perf_counter()
+    stopper = fit(
+        model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
+        cfg_train["epochs"], cfg_train["patience"], on_epoch, metrics,
+    )
+    seconds = time.perf_counter() - start
+    best = next(r for r in history if r["epoch"] == stopper.best_epoch)
+    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+    summary = {
+        "variant": variant["variant"], "fold": fold, "best_epoch": stopper.best_epoch,
+        "epochs_run": len(history), "train_seconds": round(seconds, 2), "device": device.type,
+        **params, **{k: v for k, v in best.items() if k.startswith("val_")},
+        "checkpoint": str(best_path), "run_id": run.run_id,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | {"best_epoch": stopper.best_epoch, "train_seconds": seconds})
+    run.log_artifact(out_dir / "history.csv")
+    run.set_tags({"seglab.checkpoint": str(best_path), "seglab.checkpoint_sha256": (best_path.parent / (best_path.name + ".sha256")).read_text().split()[0]})
+    return summary
+
+
+def pretrain_colorization(
+    cfg: dict[str, Any],
+    prepared: Path,
+    splits: dict[str, Any],
+    out_dir: Path,
+    run: Run | None = None,
+) -> dict[str, Any]:
+    """Colorization pretraining: the variant's architecture with a 3-channel head learns
+    RGB from grey (MSE), on training images only (never the test split)."""
+    run = run or NullRun()
+    study, pre = cfg["study"], cfg["pretrain"]
+    seed_everything(study["seed"], study["deterministic"])
+    device = select_device(study["device"])
+    data = PreparedData(prepared)
+    ids = sorted(i for fold in splits["folds"] for i in fold)
+    n_val = max(1, int(round(len(ids) * pre["val_fraction"])))
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(study["seed"])).tolist()
+    val_ids = [ids[i] for i in order[:n_val]]
+    train_ids = [ids[i] for i in order[n_val:]]
+    flips = build_augmentation({"preset": "flip"}, study["seed"])
+    train_loader = make_loader(ColorizationDataset(data, train_ids, flips), pre["batch_size"], True, study["seed"], 0, device)
+    val_set = ColorizationDataset(data, val_ids)
+    val_loader = make_loader(val_set, pre["batch_size"], False, study["seed"], 0, device)
+
+    model = build_model(cfg["model"], 3, 3).to(device)
+    mse = nn.MSELoss()
+
+    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return mse(torch.sigmoid(output), target)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=pre["lr"])
+    run.log_params({"train_images": len(train_ids), "val_images": len(val_ids), **{f"pretrain.{k}": v for k, v in pre.items()},
+                    **{f"model.{k}": v for k, v in cfg["model"].items()}})
+    history: list[dict[str, Any]] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / "weights.pt"
+
+    def on_epoch(record: dict[str, Any], is_best: bool) -> None:
+        history.append(record)
+        run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        if is_best:
+            save_checkpoint({"model": model.state_dict(), "epoch": record["epoch"]}, weights)
+        print(_epoch_line("[colorization]", record, is_best), flush=True)
+
+    stopper = fit(model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
+                  pre["epochs"], pre["epochs"], on_epoch)
+    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+
+    model.load_state_dict(load_checkpoint(weights, device)["model"])
+    samples = colorization_samples(model, val_set, device, n=min(6, len(val_set)))
+    (out_dir / "samples.png").write_bytes(figures.colorization_grid(samples))
+    summary = {"best_epoch": stopper.best_epoch, "best_val_mse": stopper.best, "train_images": len(train_ids),
+               "val_images": len(val_ids), "run_id": run.run_id}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run.log_metrics({"best_val_mse": stopper.best})
+    run.log_artifact(out_dir / "samples.png")
+    run.log_artifact(out_dir / "history.csv")
+    return summary
+
+
+@torch.no_grad()
+def colorization_samples(model: nn.Module, dataset: ColorizationDataset, device: torch.device, n: int) -> dict[str, np.ndarray]:
+    """Grey input, recoloured output and true colour of ``n`` validation images, as uint8 (n,H,W,3)."""
+    model.eval()
+    greys, preds, trues = [], [], []
+    for i in range(n):
+        grey, rgb = dataset[i]
+        pred = torch.sigmoid(model(grey[None].to(device))).cpu()[0]
+        grey01 = (grey[0] * dataset.grey_std + dataset.grey_mean).clamp(0, 1)
+        greys.append(grey01[None].expand(3, -1, -1))
+        preds.append(pred)
+        trues.append(rgb)
+
+    def as_uint8(items: list[torch.Tensor]) -> torch.Tensor:
+        return (torch.stack(items).permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8)
+
+    return {"grey": as_uint8(greys).numpy(), "predicted": as_uint8(preds).numpy(), "true": as_uint8(trues).numpy()}

@@ -1,0 +1,81 @@
+# Shared by every rule: the validated config, stage config files, paths and resources.
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from seglab.config import ConfigError, pretrain_key, stage_configs, validate, write_if_changed
+
+
+def _raw_config():
+    # A study given with --configfile replaces config.yaml instead of merging into it,
+    # so variants of the default study never leak into another study.
+    if workflow.overwrite_configfiles:
+        return workflow.config_settings.overwrite_config, ", ".join(map(str, workflow.overwrite_configfiles))
+    return config, "config.yaml"
+
+
+try:
+    CFG = validate(*_raw_config())
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+# The interpreter running Snakemake has seglab installed: call it directly, whatever PATH says.
+SEGLAB = f"{sys.executable} -m seglab"
+OUT = CFG["study"]["output_dir"]
+STAGE = f"{OUT}/config"
+LOGS = f"{OUT}/logs"
+VARIANTS = list(CFG["variants"])
+FOLDS = list(range(CFG["split"]["folds"]))
+RAW = f"data/raw/{CFG['dataset']['name']}"
+PREPARED = f"{OUT}/data/prepared"
+
+# Stage configs are written only when their content changes: a job re-runs when the
+# part of config.yaml it depends on changes, not when any key does.
+Path(LOGS).mkdir(parents=True, exist_ok=True)
+for _relpath, _content in stage_configs(CFG).items():
+    write_if_changed(Path(STAGE) / _relpath, _content)
+
+
+def _uses_gpu():
+    """A training job takes one `gpu` slot only where a GPU will be used, so CPU-only
+    machines run several trainings side by side and GPU machines never share one."""
+    if CFG["study"]["device"] == "cpu":
+        return 0
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    return int(subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0)
+
+
+GPU = _uses_gpu()
+
+
+def pretrain_dir(variant):
+    return f"{OUT}/pretrain/{pretrain_key(CFG['variants'][variant])}"
+
+
+def get_raw_dir(wildcards=None):
+    """The raw data folder: downloaded/generated, or the user's own folder."""
+    if CFG["dataset"]["source"] == "folder":
+        return CFG["dataset"]["folder"]["root"]
+    return RAW
+
+
+def get_init_weights(wildcards):
+    if CFG["variants"][wildcards.variant]["init"] == "colorization":
+        return f"{pretrain_dir(wildcards.variant)}/weights.pt"
+    return []
+
+
+def pretrain_dirs():
+    return sorted({pretrain_dir(v) for v in VARIANTS if CFG["variants"][v]["init"] == "colorization"})
+
+
+def fold_dirs(variant):
+    return [f"{OUT}/models/{variant}/fold{k}" for k in FOLDS]
+
+
+def final_outputs():
+    return [f"{OUT}/report/index.html", f"{OUT}/metrics.json"]

@@ -1,0 +1,57 @@
+# download -> verify -> preprocess -> split
+
+
+rule download:
+    output:
+        directory(RAW),
+    input:
+        config=f"{STAGE}/dataset.json",
+    log:
+        f"{LOGS}/download.log",
+    benchmark:
+        f"{OUT}/benchmarks/download.tsv"
+    shell:
+        "{SEGLAB} download --config {input.config} --out {output} > {log} 2>&1"
+
+
+rule verify:
+    output:
+        report=f"{OUT}/data/verify.json",
+    input:
+        config=f"{STAGE}/prepare.json",
+        raw=get_raw_dir(),
+    log:
+        f"{LOGS}/verify.log",
+    benchmark:
+        f"{OUT}/benchmarks/verify.tsv"
+    shell:
+        "{SEGLAB} verify --config {input.config} --raw {input.raw} --out {output.report} > {log} 2>&1"
+
+
+rule preprocess:
+    output:
+        images=f"{PREPARED}/images.npy",
+        masks=f"{PREPARED}/masks.npy",
+        manifest=f"{PREPARED}/manifest.csv",
+        fingerprint=f"{PREPARED}/fingerprint.json",
+    input:
+        config=f"{STAGE}/prepare.json",
+        verify=rules.verify.output.report,
+    log:
+        f"{LOGS}/preprocess.log",
+    benchmark:
+        f"{OUT}/benchmarks/preprocess.tsv"
+    shell:
+        "{SEGLAB} preprocess --config {input.config} --verify {input.verify} --out {PREPARED} > {log} 2>&1"
+
+
+rule split:
+    output:
+        splits=f"{OUT}/data/splits.json",
+    input:
+        config=f"{STAGE}/split.json",
+        manifest=rules.preprocess.output.manifest,
+    log:
+        f"{LOGS}/split.log",
+    shell:
+        "{SEGLAB} split --config {input.config} --prepared {PREPARED} --out {output.splits} > {log} 2>&1"
