@@ -38,8 +38,11 @@ class PreparedData:
 
 
 def normalise(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32, standardised with the dataset fingerprint."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    """(H, W, 3) uint8 -> (3, H, W) float32, standardised with the dataset fingerprint.
+
+    ``np.array`` copies the read-only memory-mapped row so torch gets a writable buffer.
+    """
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
@@ -63,7 +66,7 @@ class SegmentationDataset(Dataset):
         if self.augment is not None:
             out = self.augment(image=np.asarray(image), mask=np.asarray(mask))
             image, mask = out["image"], out["mask"]
-        return normalise(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).long()
+        return normalise(image, self.mean, self.std), torch.from_numpy(np.array(mask)).long()
 
 
 class ColorizationDataset(Dataset):
@@ -91,7 +94,7 @@ class ColorizationDataset(Dataset):
         image = np.asarray(self.data.images[self.rows[i]])
         if self.augment is not None:
             image = self.augment(image=image)["image"]
-        rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        rgb = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)
         grey = (rgb * self.GREY_WEIGHTS[:, None, None]).sum(0, keepdim=True)
         grey = (grey - self.grey_mean) / self.grey_std
         return grey.expand(3, -1, -1).contiguous(), rgb
