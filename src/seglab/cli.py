@@ -64,10 +64,12 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .gpu_slots import pin_visible_gpu
     from .runtime import set_threads
     from .tracking import open_run
     from .train import pretrain_colorization
 
+    slot = pin_visible_gpu()  # noqa: F841 (held until the process exits)
     set_threads(args.threads)
     cfg = read_json(args.config)
     name = Path(args.out).name
@@ -78,10 +80,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .gpu_slots import pin_visible_gpu
     from .runtime import set_threads
     from .tracking import open_run
     from .train import train_fold
 
+    slot = pin_visible_gpu()  # noqa: F841 (held until the process exits)
     set_threads(args.threads)
     cfg = read_json(args.config)
     study, variant = cfg["study"]["name"], cfg["variant"]

@@ -1,0 +1,122 @@
+"""Training throughput: the bare model versus the full seglab training path.
+
+(a) bare: the model, loss and optimiser on tensors already on the device (the upper bound);
+(b) seglab: the cached dataset, augmentation, DataLoader, loss, optimiser and per-epoch
+    bookkeeping exactly as ``seglab train`` runs them (engine.run_epoch).
+Prints one JSON line per (model, size) with images/s (median of repeats) and (b)/(a).
+
+    python benchmarks/train_throughput.py --models unet32 unet64 --sizes 128 256
+    python benchmarks/train_throughput.py --quick        # the tiny run the test suite uses
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from seglab.config import validate
+from seglab.data.dataset import PreparedData, SegmentationDataset
+from seglab.data.preprocess import preprocess
+from seglab.data.sources import fetch_dataset
+from seglab.data.transforms import build_augmentation
+from seglab.data.verify import verify_dataset
+from seglab.engine import Precision, run_epoch
+from seglab.losses import build_loss
+from seglab.models import MODELS, build_model
+from seglab.runtime import select_device
+from seglab.train import make_loader
+
+MODEL_CONFIGS = {
+    "unet32": {"name": "unet", "base": 32, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
+    "unet64": {"name": "unet", "base": 64, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
+    "unet8": {"name": "unet", "base": 8, "depth": 3, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
+    "resnet34unet": {"name": "smp", "arch": "Unet", "encoder": "resnet34", "encoder_weights": None},
+}
+
+
+def prepared_cache(folder: Path, size: int, count: int) -> PreparedData:
+    """The built-in data through the real download -> verify -> preprocess stages."""
+    cfg = validate({"dataset": {"builtin": {"count": count, "size": size}}, "variants": {"v": {}}})
+    fetch_dataset(cfg["dataset"], folder / "raw")
+    report = verify_dataset(folder / "raw", cfg["dataset"], "fail")
+    preprocess(report, size, "resize", folder / "prepared")
+    return PreparedData(folder / "prepared")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare(model, batch: int, size: int, steps: int, device, precision: Precision) -> float:
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = (torch.rand(batch, size, size, device=device) > 0.5).long()
+    loss_fn = build_loss({"name": "bce"}, 2, None)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    run_epoch(model, [(x, y)], loss_fn, precision, opt)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    run_epoch(model, [(x, y)] * steps, loss_fn, precision, opt)
+    _sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def full(model, data: PreparedData, batch: int, steps: int, device, precision: Precision, workers: int) -> float:
+    ids = list(data.manifest["id"])[: batch * steps]
+    dataset = SegmentationDataset(data, ids, build_augmentation({"preset": "flip"}, 0))
+    loader = make_loader(dataset, batch, True, 0, workers, device)
+    loss_fn = build_loss({"name": "bce"}, 2, None)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    run_epoch(model, [next(iter(loader))], loss_fn, precision, opt)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    result = run_epoch(model, loader, loss_fn, precision, opt)
+    _sync(device)
+    return len(loader) * batch / (time.perf_counter() - start) if result else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["unet32", "unet64", "resnet34unet"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.sizes, args.batch, args.steps, args.repeats = ["unet8"], [32], 4, 2, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device("auto")
+    precision = Precision.for_device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            data = prepared_cache(Path(tmp) / str(size), size, args.batch * args.steps)
+            for name in args.models:
+                cfg = MODEL_CONFIGS[name]
+                if cfg["name"] not in MODELS:
+                    print(json.dumps({"model": name, "skipped": f"model.name {cfg['name']!r} not in this build"}))
+                    continue
+                torch.manual_seed(0)
+                model = build_model(cfg, 3, 1).to(device)
+                a = statistics.median(bare(model, args.batch, size, args.steps, device, precision) for _ in range(args.repeats))
+                b = statistics.median(full(model, data, args.batch, args.steps, device, precision, args.workers)
+                                      for _ in range(args.repeats))
+                print(json.dumps({
+                    "model": name, "size": size, "batch": args.batch, "device": str(device),
+                    "precision": str(precision.dtype or torch.float32), "threads": torch.get_num_threads(),
+                    "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
+                }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""The benchmark scripts run (at a tiny size) and print what they promise."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO, workflow_env
+
+
+def test_train_throughput_quick_run(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--quick"],
+                         capture_output=True, text=True, env=workflow_env(tmp_path), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["model"] == "unet8" and row["device"] == "cpu"
+    assert row["bare_img_s"] > 0 and row["seglab_img_s"] > 0 
+    assert abs(row["ratio"] - row["seglab_img_s"] / row["bare_img_s"]) < 0.01
