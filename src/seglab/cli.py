@@ -54,13 +54,23 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 def cmd_split(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .data.splits import make_splits
+    from .data.splits import make_splits, read_test_list
 
     split = read_json(args.config)["split"]
     manifest = pd.read_csv(Path(args.prepared) / "manifest.csv", dtype={"id": str, "group": str})
-    splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"])
+    test_ids = split["test_ids"]
+    if split["test_file"]:
+        # The dataset's own test list, relative to the dataset root recorded by verify.
+        test_file = Path(split["test_file"])
+        if not test_file.is_absolute():
+            test_file = Path(read_json(args.verify)["root"]) / test_file
+        test_ids = read_test_list(test_file, split["test_key"])
+    splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids)
     _write_json(Path(args.out), splits)
-    print(f"split: test {splits['counts']['test']} images, folds {splits['counts']['folds']}")
+    print(f"split: test {splits['counts']['test']} images ({splits['test_source']}), folds {splits['counts']['folds']}")
+    if splits["test_ids_missing"]:
+        print(f"split: {len(splits['test_ids_missing'])} listed test id(s) are not in the prepared data "
+              f"(left out by verification or absent): {splits['test_ids_missing'][:10]}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -209,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p = command("split", cmd_split, "held-out test set and k folds")
     p.add_argument("--prepared", required=True)
+    p.add_argument("--verify", required=True, help="verification report (gives the dataset root for split.test_file)")
     p.add_argument("--out", required=True)
     for name, func, help in (("pretrain", cmd_pretrain, "colorization pretraining"),
                              ("train", cmd_train, "train one variant on one fold")):

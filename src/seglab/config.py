@@ -123,6 +123,7 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
         _check(merged, _variant_schema(), source, prefix=where)
         resolved[name] = merged
     cfg["variants"] = resolved
+    _check_size_fits_models(cfg, source)
 
     baseline = cfg["study"]["baseline"]
     if baseline is None:
@@ -133,6 +134,22 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
             f"Use one of: {', '.join(resolved)}."
         )
     return cfg
+
+
+def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
+    """The U-Net halves the input ``depth`` times: the size must divide by 2**depth.
+
+    The schema's multipleOf 16 covers depth <= 4; deeper variants need more.
+    """
+    size = cfg["preprocess"]["size"]
+    for name, variant in cfg["variants"].items():
+        factor = 2 ** variant["model"]["depth"]
+        if size % factor:
+            raise ConfigError(
+                f"{source}: key 'preprocess.size': {size} is not divisible by {factor}, which variant '{name}' "
+                f"(model.depth {variant['model']['depth']}) needs. Use a multiple of {factor} (e.g. {size // factor * factor or factor}) "
+                "or a smaller depth."
+            )
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -51,7 +51,8 @@ rule split:
     input:
         config=f"{STAGE}/split.json",
         manifest=rules.preprocess.output.manifest,
+        verify=rules.verify.output.report,
     log:
         f"{LOGS}/split.log",
     shell:
-        "{SEGLAB} split --config {input.config} --prepared {PREPARED} --out {output.splits} > {log} 2>&1"
+        "{SEGLAB} split --config {input.config} --prepared {PREPARED} --verify {input.verify} --out {output.splits} > {log} 2>&1"

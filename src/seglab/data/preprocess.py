@@ -10,14 +10,16 @@ arrays with ``mmap_mode='r'`` and never decodes an image file per epoch.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+from tqdm import tqdm
 
-from .io import IGNORE, read_image, read_mask
+from .io import IGNORE, DataError, decode_mask, read_image
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
@@ -58,11 +60,11 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
     # Running sums in float64 keep the per-channel statistics exact for any dataset size.
     channel_sum = np.zeros(3)
     channel_sq = np.zeros(3)
-    for i, pair in enumerate(pairs):
+    for i, pair in enumerate(tqdm(pairs, desc="preprocess", unit="img", file=sys.stderr, mininterval=5.0)):
         image = read_image(Path(pair["image"]))
-        mask = read_mask(Path(pair["mask"]), classes["mask_encoding"])
-        if classes["ignore_index"] is not None:
-            mask = np.where(mask == classes["ignore_index"], IGNORE, mask).astype(np.uint8)
+        mask, unknown = decode_mask(Path(pair["mask"]), classes)
+        if unknown:  # verification refuses such pairs: the file changed since it was verified
+            raise DataError(f"{pair['mask']}: unknown mask values {unknown} (the file changed since verification). Re-run verify.")
         img, msk = fit_to_size(image, mask, size, policy)
         images[i], masks[i] = img, msk
         pixels = img.reshape(-1, 3).astype(np.float64) / 255.0
@@ -87,7 +89,7 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
     mean = channel_sum / n_pixels
     std = np.sqrt(np.maximum(channel_sq / n_pixels - mean**2, 1e-12))
     class_pixels = manifest[[f"pixels_{k}" for k in range(num_classes)]].sum().to_numpy()
-    uses_ignore = classes["ignore_index"] is not None or policy == "pad"
+    uses_ignore = any(cls == IGNORE for _, cls in classes["value_map"]) or policy == "pad"
     fingerprint = {
         "num_images": len(pairs),
         "size": size,
@@ -102,6 +104,8 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         "orig_height": _stats(manifest["orig_height"]),
         "orig_width": _stats(manifest["orig_width"]),
         "groups": int(manifest["group"].nunique()),
+        "ignored_pixel_fraction": round(1 - float(class_pixels.sum()) / max(n_pixels, 1), 6),
+        "cache_bytes": int((out_dir / "images.npy").stat().st_size + (out_dir / "masks.npy").stat().st_size),
     }
     (out_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
     return fingerprint

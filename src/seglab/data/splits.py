@@ -7,6 +7,9 @@ is compared on the same, paired images.
 
 from __future__ import annotations
 
+import json
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +19,16 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .io import DataError
 
 
-def _strata(manifest: pd.DataFrame, bins: int) -> np.ndarray:
-    """Quantile bins of the foreground fraction: what the folds are balanced on."""
+def _foreground(manifest: pd.DataFrame) -> pd.Series:
+    """Fraction of labelled pixels that are not class 0 (background), per image."""
     pixel_cols = [c for c in manifest.columns if c.startswith("pixels_")]
     total = manifest[pixel_cols].sum(axis=1).clip(lower=1)
-    foreground = manifest[pixel_cols[1:]].sum(axis=1) / total
+    return manifest[pixel_cols[1:]].sum(axis=1) / total
+
+
+def _strata(manifest: pd.DataFrame, bins: int) -> np.ndarray:
+    """Quantile bins of the foreground fraction: what the folds are balanced on."""
+    foreground = _foreground(manifest)
     ranks = foreground.rank(method="first").to_numpy()
     return np.minimum((ranks - 1) * bins // len(manifest), bins - 1).astype(int)
 
@@ -32,28 +40,76 @@ def _group_folds(ids: np.ndarray, strata: np.ndarray, groups: np.ndarray, k: int
     bins = min(len(np.unique(strata)), max(1, n_groups // k))
     strata = np.minimum(strata * bins // max(strata.max() + 1, 1), bins - 1)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [sorted(ids[held].tolist()) for _, held in splitter.split(ids, strata, groups)]
+    with warnings.catch_warnings():
+        # Small datasets have strata with fewer members than folds; the split is still valid.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [sorted(ids[held].tolist()) for _, held in splitter.split(ids, strata, groups)]
 
 
-def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: int) -> dict[str, Any]:
-    """Return ``{"test": [ids], "folds": [[ids], ...], ...}``; deterministic for a seed."""
+def read_test_list(path: Path, key: str | None) -> list[str]:
+    """Test ids a dataset ships: a JSON list (or ``key`` of a JSON object), or a text
+    file whose lines start with the id (Oxford-IIIT Pet's ``test.txt``)."""
+    if not path.is_file():
+        raise DataError(f"{path}: test list not found. Check split.test_file (relative to the dataset root).")
+    if path.suffix.lower() == ".json":
+        data = json.loads(path.read_text())
+        if key is not None:
+            if not isinstance(data, dict) or key not in data:
+                raise DataError(f"{path}: has no key {key!r}. Set split.test_key to one of {sorted(data) if isinstance(data, dict) else []}.")
+            data = data[key]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of ids{' under ' + repr(key) if key else ''}; set split.test_key.")
+        return [str(x) for x in data]
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: int,
+                test_ids: list[str] | None = None) -> dict[str, Any]:
+    """Return ``{"test": [ids], "folds": [[ids], ...], ...}``; deterministic for a seed.
+
+    The test set is ``test_ids`` when given (the dataset's own test list; ids not in
+    the manifest are listed under ``test_ids_missing``), else a grouped, stratified
+    ``test_fraction`` of the images.
+    """
     ids = manifest["id"].astype(str).to_numpy()
     groups = manifest["group"].astype(str).to_numpy()
     strata = _strata(manifest, bins=4)
-    # The test set is one fold of a ceil(1/fraction)-fold split: grouped and stratified alike.
-    n_test_folds = max(2, int(round(1 / test_fraction)))
-    test = _group_folds(ids, strata, groups, n_test_folds, seed)[0]
+    missing: list[str] = []
+    if test_ids is not None:
+        known = set(ids.tolist())
+        wanted = set(map(str, test_ids))
+        missing = sorted(wanted - known)
+        test = sorted(wanted & known)
+        if not test:
+            raise DataError(f"none of the {len(wanted)} test ids is an image of the dataset (e.g. {sorted(wanted)[:3]}). "
+                            "Check split.test_file / split.test_ids against the image ids.")
+        source = "list"
+    else:
+        # One fold of a ceil(1/fraction)-fold split: grouped and stratified like the folds.
+        n_test_folds = max(2, int(round(1 / test_fraction)))
+        test = _group_folds(ids, strata, groups, n_test_folds, seed)[0]
+        source = "fraction"
     rest = ~np.isin(ids, test)
+    if rest.sum() < folds:
+        raise DataError(f"only {int(rest.sum())} images are left for {folds} folds after the test set. Lower split.folds.")
     cv = _group_folds(ids[rest], strata[rest], groups[rest], folds, seed)
     if any(len(f) == 0 for f in cv):
         raise DataError("a cross-validation fold came out empty. Lower split.folds or add images.")
+    fg = _foreground(manifest).to_numpy()
     return {
         "seed": seed,
-        "test_fraction": test_fraction,
+        "test_source": source,
+        "test_fraction": test_fraction if source == "fraction" else round(len(test) / len(ids), 6),
         "test": test,
         "folds": cv,
         "counts": {"test": len(test), "folds": [len(f) for f in cv]},
+        "foreground_fraction": {"test": _mean(fg, ids, test), "folds": [_mean(fg, ids, f) for f in cv]},
+        "test_ids_missing": missing,
     }
+
+
+def _mean(values: np.ndarray, ids: np.ndarray, subset: list[str]) -> float:
+    return round(float(values[np.isin(ids, subset)].mean()), 6)
 
 
 def fold_ids(splits: dict[str, Any], fold: int) -> tuple[list[str], list[str]]:

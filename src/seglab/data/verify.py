@@ -9,16 +9,13 @@ bad file; with ``skip`` the bad pairs are dropped and listed, never silently.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .io import IMAGE_SUFFIXES, DataError, read_image, read_mask, sha256_file
-
-DEFAULT_CLASSES = ["background", "foreground"]
+from .catalog import effective_dataset
+from .classes import resolve_classes
+from .io import IMAGE_SUFFIXES, DataError, decode_mask, describe_values, read_image, sha256_file
 
 
 def dataset_root(dataset: dict[str, Any], raw_dir: Path | None) -> Path:
@@ -27,49 +24,48 @@ def dataset_root(dataset: dict[str, Any], raw_dir: Path | None) -> Path:
         root = dataset["folder"]["root"]
         if not root:
             raise DataError("dataset.folder.root is empty. Set it to the folder holding your images and masks.")
+        if not Path(root).is_dir():
+            raise DataError(f"dataset.folder.root: {root} is not a folder. Check the path (relative to the project).")
         return Path(root)
     if raw_dir is None:
         raise ValueError("a raw data folder is needed for source " + dataset["source"])
     return raw_dir
 
 
-def resolve_classes(dataset: dict[str, Any], root: Path) -> dict[str, Any]:
-    """Class names, mask encoding and ignore label: config first, then the folder's classes.json."""
-    meta: dict[str, Any] = {}
-    meta_file = root / "classes.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-    names = dataset["classes"] or meta.get("names") or DEFAULT_CLASSES
-    encoding = dataset["mask_encoding"]
-    if encoding == "auto":
-        encoding = meta.get("mask_encoding", "binary")
-    ignore = dataset["ignore_index"] if dataset["ignore_index"] is not None else meta.get("ignore_index")
-    if encoding == "binary" and len(names) != 2:
-        raise DataError(
-            f"dataset.classes has {len(names)} names but dataset.mask_encoding is binary (2 classes). "
-            "Set mask_encoding: labels for a multi-class dataset."
-        )
-    return {"names": list(names), "mask_encoding": encoding, "ignore_index": ignore}
-
-
-def _index(folder: Path, pattern: str, what: str) -> dict[str, Path]:
+def _index(folder: Path, pattern: str, what: str) -> tuple[dict[str, Path], list[str]]:
+    """Files of ``folder`` by the regex's ``id`` group, and the image files the regex left out."""
     if not folder.is_dir():
         raise DataError(f"{folder}: the {what} folder does not exist. Check dataset.folder.root and dataset.folder.{what}.")
+    files = [p for p in sorted(folder.iterdir()) if p.is_file()]
+    if not files:
+        raise DataError(f"{folder}: the {what} folder is empty. Put the {what} there or fix dataset.folder.{what}.")
     regex = re.compile(pattern)
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    left_out: list[str] = []
+    for path in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         match = regex.match(path.stem)
-        if match:
-            found[match.group("id")] = path
-    return found
+        if not match:
+            left_out.append(str(path))
+            continue
+        key = match.group("id")
+        if key in found:
+            raise DataError(
+                f"{path} and {found[key]} both give the id {key!r} with dataset.folder.{what[:-1]}_regex {pattern!r}. "
+                "Make the regex tell them apart."
+            )
+        found[key] = path
+    return found, left_out
 
 
-def discover_pairs(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Pair images with masks by the ``id`` group of the two regexes; report lone files."""
-    images = _index(root / folder_cfg["images"], folder_cfg["image_regex"], "images")
-    masks = _index(root / folder_cfg["masks"], folder_cfg["mask_regex"], "masks")
+def discover_pairs(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
+    """Pair images with masks by the ``id`` group of the two regexes.
+
+    Returns (pairs, problems: lone images and masks, image files no regex matched).
+    """
+    images, images_left = _index(root / folder_cfg["images"], folder_cfg["image_regex"], "images")
+    masks, masks_left = _index(root / folder_cfg["masks"], folder_cfg["mask_regex"], "masks")
     if not images:
         raise DataError(
             f"{root / folder_cfg['images']}: no image matches dataset.folder.image_regex "
@@ -82,12 +78,16 @@ def discover_pairs(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[st
             problems.append({"id": key, "file": str(image), "problem": "image without a mask"})
             continue
         group = key
-        if group_re and (m := group_re.search(key)):
+        if group_re:
+            m = group_re.search(key)
+            if m is None:
+                raise DataError(f"dataset.folder.group_regex {folder_cfg['group_regex']!r} does not match the id {key!r}. "
+                                "Fix the regex (it needs a 'group' group) or set it to null.")
             group = m.group("group")
         pairs.append({"id": key, "image": str(image), "mask": str(masks[key]), "group": group})
     for key in sorted(set(masks) - set(images)):
         problems.append({"id": key, "file": str(masks[key]), "problem": "mask without an image"})
-    return pairs, problems
+    return pairs, problems, images_left + masks_left
 
 
 def check_pair(pair: dict[str, Any], classes: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
@@ -98,23 +98,21 @@ def check_pair(pair: dict[str, Any], classes: dict[str, Any]) -> tuple[dict[str,
     except DataError as exc:
         return None, [{"id": pair["id"], "file": pair["image"], "problem": str(exc)}]
     try:
-        mask = read_mask(Path(pair["mask"]), classes["mask_encoding"])
+        mask, unknown = decode_mask(Path(pair["mask"]), classes)
     except DataError as exc:
         return None, [{"id": pair["id"], "file": pair["mask"], "problem": str(exc)}]
     if image.shape[:2] != mask.shape:
         problems.append({
             "id": pair["id"], "file": pair["mask"],
-            "problem": f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size {image.shape[1]}x{image.shape[0]}",
+            "problem": f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
+                       f"{image.shape[1]}x{image.shape[0]} ({pair['image']})",
         })
-    allowed = set(range(len(classes["names"])))
-    if classes["ignore_index"] is not None:
-        allowed.add(classes["ignore_index"])
-    unknown = sorted(set(np.unique(mask).tolist()) - allowed)
     if unknown:
         problems.append({
             "id": pair["id"], "file": pair["mask"],
-            "problem": f"label values {unknown} are not among the {len(classes['names'])} classes "
-                       "(declare them in dataset.classes or set dataset.ignore_index)",
+            "problem": f"mask values {describe_values(unknown, classes['mask_encoding'])} are not among the "
+                       f"{len(classes['names'])} declared classes {classes['names']} "
+                       "(declare them in dataset.classes / the class table, or set dataset.ignore_index)",
         })
     if problems:
         return None, problems
@@ -130,8 +128,10 @@ def check_pair(pair: dict[str, Any], classes: dict[str, Any]) -> tuple[dict[str,
 
 def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[str, Any]:
     """Check every pair under ``root``; raise DataError (policy ``fail``) or skip bad pairs."""
+    dataset = effective_dataset(dataset)
     classes = resolve_classes(dataset, root)
-    pairs, problems = discover_pairs(root, dataset["folder"] if dataset["source"] == "folder" else _builtin_layout())
+    layout = _builtin_layout() if dataset["source"] == "builtin" else dataset["folder"]
+    pairs, problems, left_out = discover_pairs(root, layout)
     ok: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     for pair in pairs:
@@ -140,7 +140,8 @@ def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[s
         if record is None:
             continue
         if record["sha256_image"] in seen:
-            problems.append({"id": pair["id"], "file": pair["image"], "problem": f"duplicate of {seen[record['sha256_image']]}"})
+            problems.append({"id": pair["id"], "file": pair["image"],
+                             "problem": f"duplicate (same sha256) of {seen[record['sha256_image']]}"})
             continue
         seen[record["sha256_image"]] = pair["image"]
         ok.append(record)
@@ -151,6 +152,8 @@ def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[s
         "on_error": on_error,
         "classes": classes,
         "problems": problems,
+        # Image files in the image/mask folders that no regex matched: not data, but listed.
+        "files_not_matched": left_out,
         "pairs": ok,
     }
     if problems and on_error == "fail":
