@@ -11,7 +11,10 @@ The files live in a folder Snakemake does not own (``ResumeStore``): Snakemake d
 the declared outputs of a failed job, and the resume state must survive exactly that.
 Epoch ``e`` is written as ``last-<e>.pt`` (atomic, with a sha256 sidecar) and the two
 newest are kept, so a checkpoint that is damaged is reported and the previous one is
-used; there is no moment at which no good checkpoint exists.
+used. A new best epoch ``b`` is written as ``best-<b>.pt`` *before* its ``last``; every
+``last`` names its best epoch, and a ``best`` is deleted only once no kept ``last``
+needs it. So whatever instant a job is killed at, the newest intact ``last`` has its
+matching ``best`` on disk.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .engine import EarlyStopping
 FORMAT = 1
 KEEP = 2
 _LAST = re.compile(r"^last-(\d+)\.pt$")
+_BEST = re.compile(r"^best-(\d+)\.pt$")
 
 
 # --- random generators -------------------------------------------------------------
@@ -154,7 +158,7 @@ def restore_training(
 # --- where it is kept ----------------------------------------------------------------
 
 class ResumeStore:
-    """``last-<epoch>.pt`` (two newest kept) and ``best.pt`` of one training job.
+    """``last-<epoch>.pt`` (two newest kept) and the ``best-<epoch>.pt`` they refer to.
 
     ``key`` identifies what is being trained (config, data, split, fold, init weights):
     a saved state with another key belongs to a different job and is not resumed from.
@@ -164,15 +168,15 @@ class ResumeStore:
         self.folder = Path(folder)
         self.key = key
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._best_of: dict[int, int] = {}  # last epoch -> its best epoch, where known
 
-    @property
-    def best_path(self) -> Path:
-        return self.folder / "best.pt"
+    def best_path(self, epoch: int) -> Path:
+        return self.folder / f"best-{epoch:04d}.pt"
 
-    def _lasts(self) -> list[tuple[int, Path]]:
+    def _files(self, pattern: re.Pattern) -> list[tuple[int, Path]]:
         if not self.folder.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _LAST.match(p.name))]
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := pattern.match(p.name))]
         return sorted(found, reverse=True)
 
     def load(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
@@ -181,53 +185,71 @@ class ResumeStore:
         A damaged file (no sidecar, sha256 mismatch, unreadable) is reported and skipped,
         never used; a state of another job is reported and ignored.
         """
-        for epoch, path in self._lasts():
+        lasts = self._files(_LAST)
+        for epoch, path in lasts:
             if not sidecar(path).is_file():
-                self.log(f"seglab: warning: {path} has no sha256 sidecar (the job stopped while writing it); using an older checkpoint.")
+                self.log(f"seglab: warning: {path} has no sha256 sidecar (the job stopped while writing it); trying an older checkpoint.")
                 continue
             try:
                 state = load_checkpoint(path, map_location)
             except CheckpointError as exc:
-                self.log(f"seglab: warning: {exc} Skipping it; using an older checkpoint.")
+                self.log(f"seglab: warning: {exc} Not using it; trying an older checkpoint.")
                 continue
             if state.get("format") != FORMAT or state.get("key") != self.key:
                 self.log(f"seglab: warning: {path} was written for another configuration, data or split; starting afresh.")
+                self.clear()
                 return None
-            if not self._best_matches(state):
-                self.log(f"seglab: warning: {self.best_path} does not belong to {path}; starting afresh.")
-                return None
+            best_epoch = state["stopper"]["best_epoch"]
+            if not self._best_intact(best_epoch):
+                self.log(f"seglab: warning: {self.best_path(best_epoch)}, the best weights {path} refers to, "
+                         "is missing or damaged; trying an older checkpoint.")
+                continue
+            self._best_of[epoch] = best_epoch
             self.log(f"seglab: resuming from {path} (epoch {epoch} done).")
             return state
-        if self._lasts():
+        if lasts:
             self.log(f"seglab: warning: no intact checkpoint in {self.folder}; starting afresh.")
+            self.clear()
         return None
 
-    def _best_matches(self, state: dict[str, Any]) -> bool:
-        """best.pt must hold the best epoch the resumed early-stopping state knows of."""
-        best_epoch = state["stopper"]["best_epoch"]
+    def _best_intact(self, best_epoch: int) -> bool:
         if best_epoch < 1:
             return True
         try:
-            best = load_checkpoint(self.best_path)
+            best = load_checkpoint(self.best_path(best_epoch))
         except CheckpointError:
             return False
         return best.get("key") == self.key and best.get("epoch") == best_epoch
 
-    def save_last(self, state: dict[str, Any]) -> None:
-        """Write this epoch's state, then drop all but the ``KEEP`` newest."""
-        save_checkpoint(state, self.folder / f"last-{state['epoch']:04d}.pt")
-        for _, old in self._lasts()[KEEP:]:
-            sidecar(old).unlink(missing_ok=True)
-            old.unlink(missing_ok=True)
-
     def save_best(self, model: torch.nn.Module, epoch: int) -> None:
-        save_checkpoint({"model": model.state_dict(), "epoch": epoch, "key": self.key}, self.best_path)
+        """Called before ``save_last`` of the same epoch."""
+        save_checkpoint({"model": model.state_dict(), "epoch": epoch, "key": self.key}, self.best_path(epoch))
 
-    def publish_best(self, target: Path) -> str:
+    def save_last(self, state: dict[str, Any]) -> None:
+        """Write this epoch's state, then drop the lasts beyond ``KEEP`` and the bests no kept last needs."""
+        epoch = state["epoch"]
+        save_checkpoint(state, self.folder / f"last-{epoch:04d}.pt")
+        self._best_of[epoch] = state["stopper"]["best_epoch"]
+        lasts = self._files(_LAST)
+        for _, old in lasts[KEEP:]:
+            self._remove(old)
+        kept = [e for e, _ in lasts[:KEEP]]
+        if all(e in self._best_of for e in kept):
+            needed = {self._best_of[e] for e in kept}
+            for best_epoch, path in self._files(_BEST):
+                if best_epoch not in needed:
+                    self._remove(path)
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        sidecar(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+    def publish_best(self, epoch: int, target: Path) -> str:
         """Copy the best weights to the stage's output (verified, atomic, with sidecar)."""
-        state = load_checkpoint(self.best_path)
+        state = load_checkpoint(self.best_path(epoch))
         return save_checkpoint({"model": state["model"], "epoch": state["epoch"]}, target)
 
     def clear(self) -> None:
-        """The job is complete: its outputs hold everything, the resume state is not needed."""
+        """Drop every saved state (the job is complete, or the state belongs to another job)."""
         shutil.rmtree(self.folder, ignore_errors=True)

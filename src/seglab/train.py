@@ -118,14 +118,13 @@ def fit_resumable(
 
     def on_epoch(record: dict[str, Any], is_best: bool) -> None:
         history.append(record)
-        # last before best: a kill in between leaves a newer last whose best epoch does
-        # not match best.pt, and the store then resumes from the previous last.
+        # best before last: every saved last refers to a best already on disk.
+        if is_best:
+            store.save_best(model, record["epoch"])
         store.save_last(training_state(
             key=store.key, epoch=record["epoch"], model=model, optimizer=optimizer, stopper=stopper,
             history=history, generators=generators, augment=augment, scaler=precision.scaler,
         ))
-        if is_best:
-            store.save_best(model, record["epoch"])
         run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         print(_epoch_line(prefix, record, is_best), flush=True)
 
@@ -199,7 +198,7 @@ def train_fold(
         **params, **{k: v for k, v in best.items() if k.startswith("val_")},
         "checkpoint": str(best_path), "run_id": run.run_id,
     }
-    store.publish_best(best_path)
+    store.publish_best(stopper.best_epoch, best_path)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     run.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | {"best_epoch": stopper.best_epoch, "train_seconds": seconds})
     run.log_artifact(out_dir / "history.csv")
@@ -249,7 +248,7 @@ def pretrain_colorization(
         model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
         pre["epochs"], pre["epochs"], store, run, "[colorization]", augment=flips,
     )
-    store.publish_best(weights)
+    store.publish_best(stopper.best_epoch, weights)
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
 
     model.load_state_dict(load_checkpoint(weights, device)["model"])
