@@ -123,7 +123,11 @@ class Tracker:
 
         self.uri = uri
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=uri)
+        # Opening a new SQLite store creates and migrates its tables: two processes doing
+        # it at once (two studies started together) fail with "duplicate column", so the
+        # first opening happens under the store's lock.
+        with _lock(uri):
+            self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment_id()
 
     def _experiment_id(self) -> str:
