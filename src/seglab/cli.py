@@ -199,6 +199,26 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or the RuntimeError older kernels raise with the same words."""
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _out_of_memory_message(args: argparse.Namespace, exc: BaseException) -> str:
+    """Name the batch-size key of the stage that ran out, with its current value."""
+    section = {"train": "train", "pretrain": "pretrain"}.get(args.command)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    advice = "close other jobs using the GPU, or set study.device: cpu"
+    if section is not None:
+        try:
+            size = read_json(args.config)[section]["batch_size"]
+            advice = (f"lower {section}.batch_size (now {size}) in the study config, or set study.device: cpu; "
+                      "the job resumes from its last completed epoch")
+        except (ConfigError, KeyError, TypeError, ValueError):
+            advice = f"lower {section}.batch_size in the study config, or set study.device: cpu"
+    return f"out of memory in `seglab {args.command}` ({first_line}): {advice}."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seglab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ConfigError, DataError, CheckpointError) as exc:
         print(f"seglab: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        print(f"seglab: error: {_out_of_memory_message(args, exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -125,10 +125,16 @@ def fit(
     """Train until ``epochs`` or early stopping on validation loss.
 
     ``on_epoch(record, is_best)`` receives ``{"epoch", "train_loss", "val_loss",
-    "val_<metric>", "lr", "seconds", "train_images_per_s"}`` after every epoch.
+    "val_<metric>", "lr", "seconds", "train_images_per_s"}`` after every epoch; it is
+    where the caller saves its resume state. To resume, pass the number of completed
+    epochs as ``start_epoch`` and the restored ``stopper`` (with model, optimiser,
+    scheduler and random generators already restored by the caller): the loop then
+    continues exactly where it stopped, and does nothing if that run had stopped early.
     """
     stopper = stopper or EarlyStopping(patience)
     for epoch in range(start_epoch, epochs):
+        if stopper.should_stop:
+            break
         start = time.perf_counter()
         train = run_epoch(model, train_batches, loss_fn, precision, optimizer)
         val = run_epoch(model, val_batches, loss_fn, precision, None, metrics)

@@ -83,6 +83,10 @@ class Run:
         for i in range(0, len(items), 500):
             _retry(lambda chunk=items[i:i + 500]: self.client.log_batch(self.run_id, metrics=chunk))
 
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which metric ``key`` was logged (a resumed job logs only the missing ones)."""
+        return {m.step for m in _retry(lambda: self.client.get_metric_history(self.run_id, key))}
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
@@ -105,6 +109,7 @@ class NullRun(Run):
 
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def logged_steps(self, key: str) -> set[int]: return set()
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
@@ -118,7 +123,11 @@ class Tracker:
 
         self.uri = uri
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=uri)
+        # Opening a new SQLite store creates and migrates its tables: two processes doing
+        # it at once (two studies started together) fail with "duplicate column", so the
+        # first opening happens under the store's lock.
+        with _lock(uri):
+            self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = self._experiment_id()
 
     def _experiment_id(self) -> str:

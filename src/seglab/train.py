@@ -3,12 +3,17 @@
 These functions wire data, model, loss and engine together and write the stage's
 files. Tracking is passed in as a ``Run`` (or ``NullRun``), so the library runs and
 tests without MLflow.
+
+Both are resumable: after every epoch the complete training state goes to
+``<out_dir>/.resume/`` (see :mod:`seglab.resume`), a folder Snakemake does not treat
+as an output and so does not delete when a job fails. Started again, a job continues
+from there and, on the CPU, ends with exactly the weights and metrics of an
+uninterrupted run. The stage's outputs are written only once training is complete.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +23,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
+from .config import config_hash
 from .data.dataset import ColorizationDataset, PreparedData, SegmentationDataset
 from .data.splits import fold_ids
 from .data.transforms import build_augmentation
-from .engine import Precision, fit
+from .data.io import sha256_file
+from .engine import EarlyStopping, Precision, fit
 from .losses import build_loss
 from .metrics import MetricAccumulator
 from .models import build_model, count_parameters, output_channels, transfer_weights
 from .runtime import seed_everything, select_device
 from .report import figures
+from .resume import ResumeStore, restore_training, training_state
 from .tracking import NullRun, Run
+
+RESUME_DIR = ".resume"
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, device: torch.device) -> DataLoader:
@@ -68,6 +78,61 @@ def _epoch_line(prefix: str, record: dict[str, Any], is_best: bool) -> str:
             f"({record['train_images_per_s']:.0f} img/s){best}")
 
 
+def resume_key(*parts: Any) -> str:
+    """What a resume state must match to be continued: config, data, split, fold, init."""
+    return config_hash([p for p in parts], length=16)
+
+
+def fit_resumable(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    loss_fn: Any,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    epochs: int,
+    patience: int,
+    store: ResumeStore,
+    run: Run,
+    prefix: str,
+    metrics: MetricAccumulator | None = None,
+    augment: Any = None,
+) -> tuple[EarlyStopping, list[dict[str, Any]]]:
+    """``engine.fit`` with a resume state saved after every epoch and restored at start.
+
+    The engine stays free of I/O: the restored state goes in through ``start_epoch``
+    and ``stopper``, and the new state comes out through the ``on_epoch`` callback.
+    """
+    generators = [train_loader.generator, val_loader.generator]
+    stopper, history, start_epoch = EarlyStopping(patience), [], 0
+    saved = store.load(precision.device)
+    if saved is not None:
+        start_epoch, stopper, history = restore_training(
+            saved, model=model, optimizer=optimizer, generators=generators, augment=augment, scaler=precision.scaler,
+        )
+        # A killed job may have saved an epoch but not logged it: log what the run lacks.
+        logged = run.logged_steps("train_loss")
+        for record in history:
+            if record["epoch"] not in logged:
+                run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+
+    def on_epoch(record: dict[str, Any], is_best: bool) -> None:
+        history.append(record)
+        # best before last: every saved last refers to a best already on disk.
+        if is_best:
+            store.save_best(model, record["epoch"])
+        store.save_last(training_state(
+            key=store.key, epoch=record["epoch"], model=model, optimizer=optimizer, stopper=stopper,
+            history=history, generators=generators, augment=augment, scaler=precision.scaler,
+        ))
+        run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        print(_epoch_line(prefix, record, is_best), flush=True)
+
+    stopper = fit(model, train_loader, val_loader, loss_fn, optimizer, precision, epochs, patience, on_epoch,
+                  metrics, start_epoch=start_epoch, stopper=stopper)
+    return stopper, history
+
+
 def train_fold(
     variant: dict[str, Any],
     prepared: Path,
@@ -77,7 +142,10 @@ def train_fold(
     init_weights: Path | None = None,
     run: Run | None = None,
 ) -> dict[str, Any]:
-    """Train ``variant`` on fold ``fold``; write best.pt, history.csv and summary.json to ``out_dir``."""
+    """Train ``variant`` on fold ``fold``; write best.pt, history.csv and summary.json to ``out_dir``.
+
+    Resumes from ``out_dir/.resume`` when a previous attempt of the same job left a state there.
+    """
     run = run or NullRun()
     study = variant["study"]
     seed = study["seed"] + fold
@@ -109,23 +177,19 @@ def train_fold(
         "val_images": len(val_ids), "transferred_tensors": len(transferred["loaded"]), **params,
     })
     out_dir.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, Any]] = []
     prefix = f"[{variant['variant']} fold {fold}]"
     best_path = out_dir / "best.pt"
+    key = resume_key({k: v for k, v in variant.items() if k != "tracking"}, data.fingerprint, splits, fold,
+                     sha256_file(init_weights) if init_weights is not None and variant["init"] == "colorization" else None)
+    store = ResumeStore(out_dir / RESUME_DIR, key)
+    augment = train_set.augment
 
-    def on_epoch(record: dict[str, Any], is_best: bool) -> None:
-        history.append(record)
-        run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-        if is_best:
-            save_checkpoint({"model": model.state_dict(), "epoch": record["epoch"]}, best_path)
-        print(_epoch_line(prefix, record, is_best), flush=True)
-
-    start = time.perf_counter()
-    stopper = fit(
+    stopper, history = fit_resumable(
         model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
-        cfg_train["epochs"], cfg_train["patience"], on_epoch, metrics,
+        cfg_train["epochs"], cfg_train["patience"], store, run, prefix, metrics, augment,
     )
-    seconds = time.perf_counter() - start
+    # Summed over epochs, so a resumed job reports its whole training time, not the last attempt's.
+    seconds = sum(r["seconds"] for r in history)
     best = next(r for r in history if r["epoch"] == stopper.best_epoch)
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     summary = {
@@ -134,10 +198,12 @@ def train_fold(
         **params, **{k: v for k, v in best.items() if k.startswith("val_")},
         "checkpoint": str(best_path), "run_id": run.run_id,
     }
+    store.publish_best(stopper.best_epoch, best_path)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     run.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | {"best_epoch": stopper.best_epoch, "train_seconds": seconds})
     run.log_artifact(out_dir / "history.csv")
     run.set_tags({"seglab.checkpoint": str(best_path), "seglab.checkpoint_sha256": (best_path.parent / (best_path.name + ".sha256")).read_text().split()[0]})
+    store.clear()
     return summary
 
 
@@ -174,19 +240,15 @@ def pretrain_colorization(
     optimizer = torch.optim.Adam(model.parameters(), lr=pre["lr"])
     run.log_params({"train_images": len(train_ids), "val_images": len(val_ids), **{f"pretrain.{k}": v for k, v in pre.items()},
                     **{f"model.{k}": v for k, v in cfg["model"].items()}})
-    history: list[dict[str, Any]] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "weights.pt"
-
-    def on_epoch(record: dict[str, Any], is_best: bool) -> None:
-        history.append(record)
-        run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-        if is_best:
-            save_checkpoint({"model": model.state_dict(), "epoch": record["epoch"]}, weights)
-        print(_epoch_line("[colorization]", record, is_best), flush=True)
-
-    stopper = fit(model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
-                  pre["epochs"], pre["epochs"], on_epoch)
+    key = resume_key(cfg["pretrain"], cfg["model"], cfg["study"]["seed"], data.fingerprint, train_ids, val_ids)
+    store = ResumeStore(out_dir / RESUME_DIR, key)
+    stopper, history = fit_resumable(
+        model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
+        pre["epochs"], pre["epochs"], store, run, "[colorization]", augment=flips,
+    )
+    store.publish_best(stopper.best_epoch, weights)
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
 
     model.load_state_dict(load_checkpoint(weights, device)["model"])
@@ -198,6 +260,7 @@ def pretrain_colorization(
     run.log_metrics({"best_val_mse": stopper.best})
     run.log_artifact(out_dir / "samples.png")
     run.log_artifact(out_dir / "history.csv")
+    store.clear()
     return summary
 
 

@@ -1,4 +1,5 @@
 # Colorization pretraining: one per distinct architecture that a variant initialises from.
+# Resumable like training (state in <out>/pretrain/<arch>/.resume/, see train.smk).
 
 
 rule pretrain:

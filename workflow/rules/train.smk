@@ -1,4 +1,10 @@
 # Fine-tuning: one job per variant and fold.
+#
+# Resume: every epoch the job saves its full state under <fold folder>/.resume/, which is
+# not a declared output, so Snakemake does not delete it when the job fails or is killed.
+# Started again (`snakemake --rerun-incomplete`, or `--retries N` for automatic restarts)
+# the job continues from its last epoch and ends with the numbers of an uninterrupted run.
+# .resume/ is removed once best.pt, history.csv and summary.json are written.
 
 
 rule train:
