@@ -17,7 +17,7 @@ import yaml
 
 from seglab.tracking import Tracker
 
-from tiny_study import PROJECT, seglab_env, tiny_config
+from tests.tiny_study import PROJECT, seglab_env, tiny_config
 
 pytestmark = pytest.mark.e2e
 TIMING = ("seconds", "per_s", "run_id")  # timings and run ids differ by nature

@@ -18,7 +18,7 @@ from seglab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from seglab.cli import main
 from seglab.weights import WeightsUnavailable, hub_file
 
-from tiny_study import PROJECT, TINY, prepare, seglab_env, tiny_config, train_args, write_stage_configs
+from tests.tiny_study import PROJECT, TINY, prepare, seglab_env, tiny_config, train_args, write_stage_configs
 
 ISBI = PROJECT.parent / "shared" / "datasets" / "isbi2012"
 needs_isbi = pytest.mark.skipif(not ISBI.is_dir(), reason=f"real test data not found at {ISBI} (../shared is absent)")
@@ -45,7 +45,7 @@ def _snakemake(project: Path, config: dict) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"split": {"folds": 3, "fold": 2}}, "unknown key 'split.fold'. Known keys here: folds, seed, test_fraction"),
+        ({"split": {"folds": 3, "fold": 2}}, "unknown key 'split.fold'. Known keys here: folds, seed"),
         ({"split": {"folds": 1}}, "key 'split.folds': 1 is less than the minimum of 2"),
         ({"defaults": {**TINY["defaults"], "optimizer": {"lr": -0.1}}}, "key 'defaults.optimizer.lr': -0.1 is less than or equal to the minimum of 0"),
         ({"defaults": {**TINY["defaults"], "train": {"epochs": "ten"}}}, "key 'defaults.train.epochs': 'ten' is not of type 'integer'"),
