@@ -181,6 +181,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report written to {Path(args.out) / 'index.html'}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .apply import predict_folder
+    from .checkpoint import CheckpointError
+
+    cfg = read_json(args.config)
+    models = Path(args.models)
+    folds = sorted(models.glob("fold*/best.pt"), key=lambda p: int(p.parent.name.removeprefix("fold")))
+    if args.fold is not None:
+        folds = [p for p in folds if p.parent.name == f"fold{args.fold}"]
+    if not folds:
+        which = f"fold{args.fold}/best.pt" if args.fold is not None else "fold<k>/best.pt"
+        raise CheckpointError(f"{models}: no {which}. Pass --models the variant's folder under <output_dir>/models "
+                              "after its training has finished.")
+    fingerprint = read_json(Path(args.prepared) / "fingerprint.json")
+    records = predict_folder(cfg, fingerprint, folds, Path(args.images), Path(args.out), tta=args.tta)
+    pd.DataFrame(records).to_csv(Path(args.out) / "predictions.csv", index=False)
+    what = f"fold {args.fold}" if args.fold is not None else f"ensemble of {len(folds)} folds"
+    print(f"{cfg['variant']} ({what}): {len(records)} masks in {Path(args.out) / 'masks'}, overlays in {Path(args.out) / 'overlays'}")
+
+
 def cmd_track_init(args: argparse.Namespace) -> None:
     """Create the store and the experiment once, before parallel jobs start writing to it."""
     from .tracking import open_tracker
@@ -264,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-dirs", nargs="*")
     p.add_argument("--comparisons", help="comparisons.json of the compare stage")
     p.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs (wall time per stage)")
+    p = command("predict", cmd_predict, "apply a finished variant (fold ensemble or one fold) to a folder of images")
+    p.add_argument("--prepared", required=True, help="the study's prepared data folder (size, policy, normalisation)")
+    p.add_argument("--models", required=True, help="the variant's folder of fold checkpoints, <output_dir>/models/<variant>")
+    p.add_argument("--images", required=True, help="folder of images to segment")
+    p.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
+    p.add_argument("--fold", type=int, help="use this fold's model only (default: the fold ensemble)")
+    p.add_argument("--tta", action="store_true", help="average over flips")
     command("track-init", cmd_track_init, "create the MLflow experiment before jobs start")
     return parser
 
