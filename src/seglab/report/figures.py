@@ -27,8 +27,8 @@ def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
     """Train and validation loss of every fold of one variant in one figure."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for fold, frame in curves[curves["variant"] == variant].groupby("fold"):
-        line = ax.plot(frame["epoch"], frame["train_loss"], label=f"fold {fold} train")[0]
-        ax.plot(frame["epoch"], frame["val_loss"], "--", color=line.get_color(), label=f"fold {fold} val")
+        line = ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"fold {fold} train")[0]
+        ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"fold {fold} val")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title(variant)
