@@ -1,4 +1,4 @@
-"""Study-level tables: one row per variant, CV mean ± sd and test scores.
+"""Study-level tables: one row per variant, CV mean ± sd and 95% CI, pooled OOF and test scores.
 
 Writes ``metrics.json`` (what ``dvc metrics show`` displays) and ``curves.csv``
 (every fold's learning curve, what ``dvc plots show`` draws).
@@ -6,30 +6,52 @@ Writes ``metrics.json`` (what ``dvc metrics show`` displays) and ``curves.csv``
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .stats import t_interval
+
 HEADLINE = ("dice", "iou", "pixel_accuracy", "precision", "recall")
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sd and t-based 95% CI over folds (sd 0 and CI NaN for a single value)."""
+    low, high = t_interval(values)
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "ci95_low": low, "ci95_high": high}
 
 
 def variant_row(metrics: dict[str, Any]) -> dict[str, Any]:
     cv, ensemble = metrics["cv"], metrics["test"]["ensemble"]
-    row: dict[str, Any] = {
-        "cv_dice_mean": cv.get("val_dice_mean"),
-        "cv_dice_sd": cv.get("val_dice_sd"),
-        "cv_iou_mean": cv.get("val_iou_mean"),
-        "cv_iou_sd": cv.get("val_iou_sd"),
+    fold_models = sorted(k for k in metrics["test"] if k.startswith("fold"))
+    test_folds = [metrics["test"][k]["dice"] for k in fold_models]
+    row: dict[str, Any] = {}
+    for name in ("dice", "iou"):
+        spread = _spread(cv[f"val_{name}_per_fold"]) if f"val_{name}_per_fold" in cv else {}
+        row.update({f"cv_{name}_{k}": v for k, v in spread.items()})
+        row[f"cv_{name}_per_fold"] = cv.get(f"val_{name}_per_fold")
+    oof = metrics.get("oof", {})
+    pooled = oof.get("pooled", {})
+    row.update({
+        "oof_dice": pooled.get("dice"), "oof_iou": pooled.get("iou"), "oof_dice_dataset": pooled.get("dice_dataset"),
+        "oof_images": oof.get("images"),
+        "oof_dice_per_fold": [f["dice"] for f in oof.get("per_fold", [])],
         **{f"test_{k}": ensemble.get(k) for k in HEADLINE},
         "test_hd95": ensemble.get("hd95"),
         "test_dice_dataset": ensemble.get("dice_dataset"),
-        "test_dice_folds": [metrics["test"][k]["dice"] for k in metrics["test"] if k.startswith("fold")],
+        "test_dice_folds": test_folds,
+        **{f"test_dice_folds_{k}": v for k, v in _spread(test_folds).items()},
+        "test_tta": metrics.get("tta", False),
         "params_trainable": metrics.get("params_trainable"),
         "params_frozen": metrics.get("params_frozen"),
         "train_seconds": round(metrics.get("train_seconds", 0.0), 1),
         "best_epochs": metrics.get("best_epochs"),
-    }
+        "device": metrics.get("device"),
+        "run_ids": {"variant": metrics.get("variant_run_id"), "folds": metrics.get("run_ids")},
+    })
     return row
 
 

@@ -122,16 +122,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     study, variant = cfg["study"]["name"], cfg["variant"]
     folds = [Path(d) for d in args.fold_dirs]
     summaries = [read_json(d / "summary.json") for d in folds]
-    metrics = evaluate_variant(cfg, Path(args.prepared), read_json(args.splits), [d / "best.pt" for d in folds],
-                               summaries, Path(args.out), tta=args.tta)
+    # The variant's parent run is opened first so that metrics.json can name it.
     run = open_run(cfg["tracking"], study, f"{study}/{variant}", variant,
                    tags={"seglab.stage": "variant", "seglab.variant": variant, "seglab.config_hash": config_hash(cfg)})
+    metrics = evaluate_variant(cfg, Path(args.prepared), read_json(args.splits), [d / "best.pt" for d in folds],
+                               summaries, Path(args.out), tta=args.tta, run_id=run.run_id)
     run.log_params(flatten({k: v for k, v in cfg.items() if k not in ("tracking",)}))
     run.log_metrics({f"test_{k}": v for k, v in metrics["test"]["ensemble"].items()})
-    run.log_metrics({f"cv_{k}": v for k, v in metrics["cv"].items() if not k.endswith("per_fold")})
-    run.log_artifact(Path(args.out) / "per_image.csv")
+    run.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
+    run.log_metrics({f"cv_{k}": v for k, v in metrics["cv"].items() if isinstance(v, (int, float))})
+    for name in ("per_image.csv", "oof_per_image.csv", "per_class.csv"):
+        run.log_artifact(Path(args.out) / name)
     ensemble = metrics["test"]["ensemble"]
-    print(f"{variant}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(folds)} folds)")
+    print(f"{variant}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(folds)} folds"
+          f"{', flip TTA' if args.tta else ''}); pooled out-of-fold Dice {metrics['oof']['pooled']['dice']:.4f}")
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -156,19 +160,61 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}   test Dice {row['test_dice']:.4f}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .compare import run_compare
+
+    cfg = read_json(args.config)
+    manifest = pd.read_csv(Path(args.prepared) / "manifest.csv", dtype={"id": str, "group": str})
+    result = run_compare(cfg, {Path(d).name: Path(d) for d in args.eval_dirs}, manifest, read_json(args.splits),
+                         Path(args.out), Path(args.csv))
+    for row in result["comparisons"]:
+        print(row["sentence"])
+    if not result["comparisons"]:
+        print("one variant only: nothing to compare")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .report.document import ReportInputs, build_report
+    from .report.document import ReportInputs, build_report, package_versions, stage_wall_times
+    from .tracking import git_commit
 
+    study = read_json(args.config)
     inputs = ReportInputs(
-        study=read_json(args.config), metrics=read_json(args.metrics), curves=pd.read_csv(args.curves),
+        study=study, metrics=read_json(args.metrics), curves=pd.read_csv(args.curves),
         prepared=Path(args.prepared), splits=read_json(args.splits), verify=read_json(args.verify),
         eval_dirs={Path(d).name: Path(d) for d in args.eval_dirs},
         pretrain_dirs=[Path(d) for d in args.pretrain_dirs or []],
+        comparisons=read_json(args.comparisons) if args.comparisons else None,
+        stage_seconds=stage_wall_times(Path(args.benchmarks)) if args.benchmarks else {},
+        versions=package_versions(), git_commit=git_commit(), config_hash=config_hash(study),
     )
     build_report(inputs, Path(args.out))
     print(f"report written to {Path(args.out) / 'index.html'}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .apply import predict_folder
+    from .checkpoint import CheckpointError
+
+    cfg = read_json(args.config)
+    models = Path(args.models)
+    folds = sorted(models.glob("fold*/best.pt"), key=lambda p: int(p.parent.name.removeprefix("fold")))
+    if args.fold is not None:
+        folds = [p for p in folds if p.parent.name == f"fold{args.fold}"]
+    if not folds:
+        which = f"fold{args.fold}/best.pt" if args.fold is not None else "fold<k>/best.pt"
+        raise CheckpointError(f"{models}: no {which}. Pass --models the variant's folder under <output_dir>/models "
+                              "after its training has finished.")
+    fingerprint = read_json(Path(args.prepared) / "fingerprint.json")
+    records = predict_folder(cfg, fingerprint, folds, Path(args.images), Path(args.out), tta=args.tta)
+    pd.DataFrame(records).to_csv(Path(args.out) / "predictions.csv", index=False)
+    what = f"fold {args.fold}" if args.fold is not None else f"ensemble of {len(folds)} folds"
+    print(f"{cfg['variant']} ({what}): {len(records)} masks in {Path(args.out) / 'masks'}, overlays in {Path(args.out) / 'overlays'}")
 
 
 def cmd_track_init(args: argparse.Namespace) -> None:
@@ -264,11 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold-dirs", nargs="+", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--curves", required=True)
+    p = command("compare", cmd_compare, "significance tests of the variants against the baseline")
+    for flag in ("--prepared", "--splits", "--out", "--csv"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--eval-dirs", nargs="+", required=True)
     p = command("report", cmd_report, "write the HTML and Markdown report")
     for flag in ("--metrics", "--curves", "--prepared", "--splits", "--verify", "--out"):
         p.add_argument(flag, required=True)
     p.add_argument("--eval-dirs", nargs="+", required=True)
     p.add_argument("--pretrain-dirs", nargs="*")
+    p.add_argument("--comparisons", help="comparisons.json of the compare stage")
+    p.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs (wall time per stage)")
+    p = command("predict", cmd_predict, "apply a finished variant (fold ensemble or one fold) to a folder of images")
+    p.add_argument("--prepared", required=True, help="the study's prepared data folder (size, policy, normalisation)")
+    p.add_argument("--models", required=True, help="the variant's folder of fold checkpoints, <output_dir>/models/<variant>")
+    p.add_argument("--images", required=True, help="folder of images to segment")
+    p.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
+    p.add_argument("--fold", type=int, help="use this fold's model only (default: the fold ensemble)")
+    p.add_argument("--tta", action="store_true", help="average over flips")
     command("track-init", cmd_track_init, "create the MLflow experiment before jobs start")
     return parser
 

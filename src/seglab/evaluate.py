@@ -1,7 +1,20 @@
-"""Evaluate a variant on the held-out test set: every fold model and the fold ensemble.
+"""Evaluate a variant: out-of-fold predictions of every fold model, and the held-out test set.
 
-Writes ``per_image.csv`` (one row per model and test image), ``metrics.json`` (test
-summary per model, CV summary over folds) and the sample-overlay figure.
+Out of fold (OOF): the best checkpoint of fold k predicts fold k's validation images,
+which it never trained on; pooled over folds every training image gets exactly one
+honest prediction, and the pooled OOF score uses all of them at once.
+Test: every fold model and the fold ensemble (mean of probabilities) on the test images,
+optionally with flip test-time augmentation.
+
+Writes to the output folder:
+
+* ``per_image.csv`` — test set, one row per (model, image): headline metrics (mean over
+  foreground classes) and ``dice_<k>``/``iou_<k>`` for every class k;
+* ``oof_per_image.csv`` — the same columns for the OOF predictions, plus ``fold``;
+* ``per_class.csv`` — per (set, model, class): per-image mean Dice/IoU/precision/recall;
+* ``metrics.json`` — test summary per model, OOF summary (pooled and per fold), CV
+  summary from the fold summaries, the test confusion matrix of the ensemble, run ids;
+* ``ensemble_predictions.npy`` — the ensemble's test label maps (for the report's overlays).
 """
 
 from __future__ import annotations
@@ -16,18 +29,22 @@ import pandas as pd
 import torch
 
 from .data.dataset import PreparedData, SegmentationDataset
+from .data.splits import fold_ids
 from .engine import Precision
 from .metrics import METRIC_NAMES, confusion_counts, hd95, scores_from_counts, summarize
 from .models import output_channels
-from .predict import labels_from_probabilities, load_models, predict_ensemble
+from .predict import labels_from_probabilities, load_models, predict_batch, predict_ensemble
 from .runtime import select_device
+from .stats import t_interval
 from .train import foreground_classes, make_loader
+
+PER_CLASS_METRICS = ("dice", "iou", "precision", "recall")
 
 
 def per_image_table(counts: torch.Tensor, ids: list[str], foreground: list[int], model: str) -> pd.DataFrame:
-    """One row per image: mean over foreground classes of each metric, and per-class Dice."""
+    """One row per image: mean over foreground classes of each metric, and per-class Dice and IoU."""
     scores = scores_from_counts(counts)
-    table = {"model": model, "id": ids}
+    table: dict[str, Any] = {"model": model, "id": ids}
     for name in METRIC_NAMES:
         if name == "pixel_accuracy":
             # Overall accuracy, as summarize() defines it: correct pixels over non-ignored pixels.
@@ -35,22 +52,68 @@ def per_image_table(counts: torch.Tensor, ids: list[str], foreground: list[int],
             table[name] = (correct / counts[:, 0, :].sum(dim=-1).clamp(min=1).double()).numpy()
         else:
             table[name] = scores[name][:, foreground].mean(dim=1).numpy()
-    if len(foreground) > 1:
-        for k in foreground:
-            table[f"dice_{k}"] = scores["dice"][:, k].numpy()
+    for k in range(counts.shape[1]):
+        table[f"dice_{k}"] = scores["dice"][:, k].numpy()
+        table[f"iou_{k}"] = scores["iou"][:, k].numpy()
     return pd.DataFrame(table)
 
 
+def per_class_table(counts: torch.Tensor, classes: list[str], split: str, model: str) -> pd.DataFrame:
+    """Per class: the per-image mean of each metric (images with no valid pixel left out)."""
+    used = counts[counts[:, 0, :].sum(dim=-1) > 0]
+    scores = scores_from_counts(used)
+    rows = []
+    for k, name in enumerate(classes):
+        row = {"set": split, "model": model, "class_index": k, "class": name,
+               "images_with_class": int(((used[:, k, 0] + used[:, k, 2]) > 0).sum())}
+        row.update({m: float(scores[m][:, k].mean()) if len(used) else float("nan") for m in PER_CLASS_METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None) -> np.ndarray:
+    """Pixel confusion matrix M[true, predicted] (K, K) over a batch, ignored pixels left out."""
+    pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        keep &= target != ignore_index
+    flat = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu().numpy()
+
+
 def cv_summary(fold_summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over folds of the best-epoch validation metrics."""
+    """Mean, standard deviation and t-based 95% CI over folds of the best-epoch validation metrics."""
     out: dict[str, Any] = {"folds": len(fold_summaries)}
     keys = [k for k in fold_summaries[0] if k.startswith("val_")]
     for key in keys:
         values = [float(s[key]) for s in fold_summaries]
         out[f"{key}_mean"] = statistics.fmean(values)
         out[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[f"{key}_ci95"] = list(t_interval(values))
         out[f"{key}_per_fold"] = values
     return out
+
+
+@torch.no_grad()
+def out_of_fold(models: list[torch.nn.Module], data: PreparedData, splits: dict[str, Any], device: torch.device,
+                tta: bool) -> tuple[pd.DataFrame, torch.Tensor, list[torch.Tensor]]:
+    """Each fold's model on its own validation fold: per-image table, pooled counts, counts per fold."""
+    fg = foreground_classes(data)
+    precision = Precision.for_device(device)
+    tables, per_fold = [], []
+    for k, model in enumerate(models):
+        _, val_ids = fold_ids(splits, k)
+        loader = make_loader(SegmentationDataset(data, val_ids), 32, False, 0, 0, device)
+        counts = []
+        for images, targets in loader:
+            labels = labels_from_probabilities(predict_batch(model, images.to(device), precision, tta))
+            counts.append(confusion_counts(labels, targets.to(device), data.num_classes, data.ignore_index).cpu())
+        stacked = torch.cat(counts)
+        per_fold.append(stacked)
+        table = per_image_table(stacked, val_ids, fg, f"fold{k}")
+        table.insert(1, "fold", k)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True), torch.cat(per_fold), per_fold
 
 
 @torch.no_grad()
@@ -62,10 +125,12 @@ def evaluate_variant(
     fold_summaries: list[dict[str, Any]],
     out_dir: Path,
     tta: bool = False,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     device = select_device(variant["study"]["device"])
     data = PreparedData(prepared)
     fg = foreground_classes(data)
+    classes = list(data.fingerprint["classes"])
     test_ids = splits["test"]
     loader = make_loader(SegmentationDataset(data, test_ids), 32, False, 0, 0, device)
     models = load_models(checkpoints, variant["model"], output_channels(data.num_classes, variant["model"]["binary_head"]), device)
@@ -73,6 +138,7 @@ def evaluate_variant(
     counts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     boundary: list[float] = []
     ensemble_labels: list[np.ndarray] = []
+    confusion = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
     precision = Precision.for_device(device)
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
@@ -80,32 +146,48 @@ def evaluate_variant(
             labels = labels_from_probabilities(probs)
             counts[name].append(confusion_counts(labels, targets, data.num_classes, data.ignore_index).cpu())
             if name == "ensemble":
+                confusion += confusion_matrix(labels, targets, data.num_classes, data.ignore_index)
                 ensemble_labels.extend(labels.cpu().numpy().astype(np.uint8))
                 for pred, truth in zip(labels.cpu().numpy(), targets.cpu().numpy()):
                     boundary.append(float(np.nanmean([hd95(pred == k, truth == k) for k in fg])) if fg else float("nan"))
 
-    tables, test = [], {}
+    tables, class_tables, test = [], [], {}
     for name in names:
         stacked = torch.cat(counts[name])
         test[name] = summarize(stacked, fg)
         tables.append(per_image_table(stacked, test_ids, fg, name))
+        class_tables.append(per_class_table(stacked, classes, "test", name))
     per_image = pd.concat(tables, ignore_index=True)
     per_image.loc[per_image["model"] == "ensemble", "hd95"] = boundary
     test["ensemble"]["hd95"] = float(np.nanmean(boundary)) if boundary else float("nan")
+
+    oof_table, oof_counts, oof_per_fold = out_of_fold(models, data, splits, device, tta)
+    class_tables.append(per_class_table(oof_counts, classes, "oof", "pooled"))
+    oof = {"pooled": summarize(oof_counts, fg),
+           "per_fold": [summarize(c, fg) for c in oof_per_fold],
+           "images": int(len(oof_counts))}
+
     out_dir.mkdir(parents=True, exist_ok=True)
     per_image.to_csv(out_dir / "per_image.csv", index=False)
+    oof_table.to_csv(out_dir / "oof_per_image.csv", index=False)
+    pd.concat(class_tables, ignore_index=True).to_csv(out_dir / "per_class.csv", index=False)
     np.save(out_dir / "ensemble_predictions.npy", np.stack(ensemble_labels))
     metrics = {
         "variant": variant["variant"],
         "test_images": len(test_ids),
         "tta": tta,
+        "classes": classes,
         "test": test,
+        "test_confusion": confusion.tolist(),
+        "oof": oof,
         "cv": cv_summary(fold_summaries),
         "params_trainable": fold_summaries[0].get("params_trainable"),
         "params_frozen": fold_summaries[0].get("params_frozen"),
         "train_seconds": sum(s["train_seconds"] for s in fold_summaries),
         "best_epochs": [s["best_epoch"] for s in fold_summaries],
+        "device": fold_summaries[0].get("device"),
         "run_ids": [s.get("run_id") for s in fold_summaries],
+        "variant_run_id": run_id,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics

@@ -54,3 +54,32 @@ def predict_ensemble(models: list[nn.Module], images: torch.Tensor, precision: P
     """Per-model probabilities followed by their mean (the fold ensemble), on ``images``' device."""
     per_model = [predict_batch(m, images, precision, tta) for m in models]
     return per_model + [torch.stack(per_model).mean(0)]
+
+
+def restore_size(probs: torch.Tensor, orig_h: int, orig_w: int, size: int, policy: str) -> torch.Tensor:
+    """Undo preprocessing: (P, S, S) probabilities -> (P, orig_h, orig_w).
+
+    ``resize`` stretched the image to S x S, so the probabilities are stretched back;
+    ``pad`` scaled the long side to S and centred the image, so the padding is cropped
+    first. Probabilities (not labels) are interpolated so that edges stay smooth.
+    """
+    if policy == "pad":
+        scale = size / max(orig_h, orig_w)
+        h, w = max(1, round(orig_h * scale)), max(1, round(orig_w * scale))
+        top, left = (size - h) // 2, (size - w) // 2
+        probs = probs[:, top:top + h, left:left + w]
+    return torch.nn.functional.interpolate(probs[None].float(), size=(orig_h, orig_w), mode="bilinear",
+                                           align_corners=False)[0]
+
+
+def colour_overlay(image: "np.ndarray", labels: "np.ndarray", num_classes: int) -> "np.ndarray":
+    """Image with each foreground class tinted in its own colour (class 0 left as is)."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    palette = (np.array([colormaps["tab10"](k % 10)[:3] for k in range(num_classes)]) * 255).astype(np.float32)
+    out = image.astype(np.float32).copy()
+    for k in range(1, num_classes):
+        mask = labels == k
+        out[mask] = 0.5 * out[mask] + 0.5 * palette[k]
+    return out.clip(0, 255).astype(np.uint8)

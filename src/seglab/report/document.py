@@ -18,20 +18,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import config_hash
 from ..data.dataset import PreparedData
 from . import figures
 
+# (key in the study table, header, which value is best). "ci" and list columns are formatted, never marked.
 COLUMNS = [
-    ("cv_dice_mean", "CV Dice", "max"), ("cv_dice_sd", "± sd", None), ("cv_iou_mean", "CV IoU", "max"),
-    ("test_dice", "test Dice", "max"), ("test_iou", "test IoU", "max"), ("test_pixel_accuracy", "test pixel acc.", "max"),
+    ("cv_dice_mean", "CV Dice", "max"), ("cv_dice_sd", "± sd", "min"), ("cv_dice_ci", "CV Dice 95% CI", None),
+    ("cv_iou_mean", "CV IoU", "max"), ("oof_dice", "pooled OOF Dice", "max"),
+    ("test_dice", "test Dice (ensemble)", "max"), ("test_iou", "test IoU", "max"),
+    ("test_dice_folds", "test Dice per fold", None), ("test_pixel_accuracy", "test pixel acc.", "max"),
     ("test_hd95", "test HD95 (px)", "min"), ("params_trainable", "trainable params", None),
     ("params_frozen", "frozen params", None), ("train_seconds", "train time (s)", "min"),
+    ("best_epochs", "best epoch per fold", None),
 ]
+RADAR = [("test_dice", "Dice"), ("test_iou", "IoU"), ("test_precision", "precision"), ("test_recall", "recall"),
+         ("test_pixel_accuracy", "pixel acc."), ("oof_dice", "OOF Dice")]
 
 
 @dataclass
 class ReportInputs:
-    """Paths to everything the report shows (all written by earlier stages)."""
+    """Everything the report shows (all written by earlier stages)."""
 
     study: dict[str, Any]
     metrics: dict[str, Any]
@@ -41,6 +48,11 @@ class ReportInputs:
     verify: dict[str, Any]
     eval_dirs: dict[str, Path]
     pretrain_dirs: list[Path] = field(default_factory=list)
+    comparisons: dict[str, Any] | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str = "unknown"
+    config_hash: str = ""
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -48,26 +60,36 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
-    if isinstance(value, float):
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
     return str(value)
 
 
 def variant_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame(metrics["variants"]).T
+    table = pd.DataFrame(metrics["variants"]).T
+    table["cv_dice_ci"] = [f"{_fmt(lo)} – {_fmt(hi)}" for lo, hi in zip(table["cv_dice_ci95_low"], table["cv_dice_ci95_high"])]
+    return table
 
 
-def _best_per_column(table: pd.DataFrame) -> dict[str, Any]:
+def _best_per_column(table: pd.DataFrame) -> dict[str, float]:
     best = {}
     for key, _, rule in COLUMNS:
-        if rule and key in table and table[key].notna().any():
-            values = table[key].astype(float)
+        if rule and key in table and pd.to_numeric(table[key], errors="coerce").notna().any():
+            values = pd.to_numeric(table[key], errors="coerce")
             best[key] = values.max() if rule == "max" else values.min()
     return best
+
+
+def _is_best(best: dict[str, float], key: str, value: Any) -> bool:
+    return key in best and isinstance(value, (int, float, np.number)) and not pd.isna(value) and float(value) == best[key]
 
 
 def table_html(table: pd.DataFrame) -> str:
@@ -78,10 +100,9 @@ def table_html(table: pd.DataFrame) -> str:
         cells = []
         for key, _, _ in COLUMNS:
             value = row.get(key)
-            mark = key in best and value is not None and float(value) == best[key]
-            cells.append(f"<td{' class=best' if mark else ''}>{_fmt(value)}</td>")
+            cells.append(f"<td{' class=best' if _is_best(best, key, value) else ''}>{_fmt(value)}</td>")
         rows.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
-    return f"<table><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
+    return f"<table class=variants><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def table_markdown(table: pd.DataFrame) -> str:
@@ -92,9 +113,50 @@ def table_markdown(table: pd.DataFrame) -> str:
         cells = []
         for key, _, _ in COLUMNS:
             text = _fmt(row.get(key))
-            cells.append(f"**{text}**" if key in best and row.get(key) is not None and float(row.get(key)) == best[key] else text)
+            cells.append(f"**{text}**" if _is_best(best, key, row.get(key)) else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+SIG_COLUMNS = ["variant", "vs", "images", "mean Dice diff", "95% CI (bootstrap)", "Wilcoxon p", "Holm p",
+               "NB t-test p (folds)", "NB Holm p", "significant"]
+
+
+def significance_rows(comparisons: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in comparisons["comparisons"]:
+        boot = r["bootstrap"]
+        rows.append([r["variant"], r["reference"], str(r["images"]), f"{boot['mean']:+.4f}",
+                     f"{boot['low']:+.4f} to {boot['high']:+.4f} ({boot['units']} {boot['unit']})",
+                     f"{r['wilcoxon']['p']:.4g}", f"{r['p_holm']:.4g}",
+                     f"{r['nadeau_bengio']['p']:.4g} ({r['folds']})", f"{r['nb_p_holm']:.4g}",
+                     "SIGNIFICANT" if r["significant"] else "not significant"])
+    return rows
+
+
+def significance_html(comparisons: dict[str, Any] | None) -> str:
+    if not comparisons or not comparisons["comparisons"]:
+        return "<p>Only one variant: nothing to compare.</p>"
+    head = "".join(f"<th>{c}</th>" for c in SIG_COLUMNS)
+    body = []
+    for r, cells in zip(comparisons["comparisons"], significance_rows(comparisons)):
+        klass = "sig" if r["significant"] else "nosig"
+        body.append(f"<tr class={klass}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    sentences = "".join(f"<li>{html.escape(r['sentence'])}</li>" for r in comparisons["comparisons"])
+    return (f"<p>Significance level α = {comparisons['alpha']} after Holm correction over "
+            f"{len(comparisons['comparisons'])} comparison(s). The decision uses the paired Wilcoxon signed-rank test "
+            "on per-image test Dice of the fold ensembles; the bootstrap CI is the effect size; the Nadeau–Bengio "
+            "corrected t-test over the out-of-fold fold scores is the cross-validation view.</p>"
+            f"<table class=significance><tr>{head}</tr>{''.join(body)}</table><ul class=verdicts>{sentences}</ul>")
+
+
+def significance_markdown(comparisons: dict[str, Any] | None) -> list[str]:
+    if not comparisons or not comparisons["comparisons"]:
+        return ["Only one variant: nothing to compare."]
+    lines = ["| " + " | ".join(SIG_COLUMNS) + " |", "|" + "---|" * len(SIG_COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in significance_rows(comparisons)]
+    lines += [""] + [f"- {r['sentence']}" for r in comparisons["comparisons"]]
+    return lines
 
 
 def sample_rows(data: PreparedData, test_ids: list[str], eval_dir: Path) -> list[dict[str, Any]]:
@@ -114,76 +176,187 @@ def sample_rows(data: PreparedData, test_ids: list[str], eval_dir: Path) -> list
     return rows
 
 
+def per_class_html(eval_dir: Path) -> str:
+    """Per-class scores of the test ensemble and the pooled OOF predictions."""
+    table = pd.read_csv(eval_dir / "per_class.csv")
+    table = table[(table["model"] == "ensemble") | (table["set"] == "oof")]
+    head = "<tr><th>set</th><th>class</th><th>images with class</th><th>Dice</th><th>IoU</th><th>precision</th><th>recall</th></tr>"
+    body = "".join(
+        f"<tr><td>{html.escape(r['set'])}</td><td>{html.escape(str(r['class']))}</td><td>{r['images_with_class']}</td>"
+        + "".join(f"<td>{_fmt(float(r[m]))}</td>" for m in ("dice", "iou", "precision", "recall")) + "</tr>"
+        for _, r in table.iterrows())
+    return f"<table>{head}{body}</table>"
+
+
+def run_ids_html(metrics: dict[str, Any], pretrain_dirs: list[Path]) -> str:
+    rows = []
+    for name, row in metrics["variants"].items():
+        ids = row.get("run_ids") or {}
+        folds = ", ".join(f"fold {k}: <code>{html.escape(str(r))}</code>" for k, r in enumerate(ids.get("folds") or []))
+        rows.append(f"<tr><th>{html.escape(name)}</th><td><code>{html.escape(str(ids.get('variant')))}</code></td><td>{folds}</td></tr>")
+    for folder in pretrain_dirs:
+        summary = folder / "summary.json"
+        run_id = json.loads(summary.read_text()).get("run_id") if summary.is_file() else None
+        rows.append(f"<tr><th>pretrain {html.escape(folder.name)}</th><td><code>{html.escape(str(run_id))}</code></td><td></td></tr>")
+    return ("<p>Every number above comes from these MLflow runs (variant = parent run holding the test and OOF "
+            "metrics; folds = child runs holding every epoch). Open them with <code>mlflow ui</code> and search "
+            "<code>attributes.run_id = '&lt;id&gt;'</code>.</p>"
+            f"<table><tr><th>variant</th><th>variant run</th><th>fold runs</th></tr>{''.join(rows)}</table>")
+
+
+class Figures:
+    """Collects the report's figures: embedded in the HTML and written as PNG files for Snakemake's report."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+
+    def add(self, name: str, png: bytes, alt: str) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        (self.folder / f"{safe}.png").write_bytes(png)
+        return _img(png, alt)
+
+
+def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
+    study, metrics, fp, verify = inputs.study, inputs.metrics, data.fingerprint, inputs.verify
+    devices = sorted({str(r.get("device")) for r in metrics["variants"].values()})
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in inputs.stage_seconds.items()) or "no benchmark files"
+    tta = any(r.get("test_tta") for r in metrics["variants"].values())
+    return {
+        "study": study["study"]["name"],
+        "dataset": f"{study['dataset']['name']} ({study['dataset']['source']}), {fp['num_images']} images, "
+                   f"{fp.get('groups', '?')} groups, classes: {', '.join(fp['classes'])}",
+        "fingerprint": f"data hash {config_hash(fp)}; mean {fp['mean']}, std {fp['std']}",
+        "input size": f"{fp['size']}×{fp['size']} ({fp['policy']})",
+        "verification": f"{verify['pairs_ok']} of {verify['pairs_found']} pairs usable, {len(verify['problems'])} problem(s)",
+        "splits": f"test {len(inputs.splits['test'])} images, {len(inputs.splits['folds'])} folds of "
+                  f"{', '.join(str(len(f)) for f in inputs.splits['folds'])} (split seed {inputs.splits.get('seed')})",
+        "class frequency": ", ".join(f"{n} {f:.3f}" for n, f in zip(fp["classes"], fp["class_frequency"])),
+        "baseline": metrics["baseline"],
+        "best variant (test Dice)": metrics["best_variant"],
+        "test-time augmentation": "flips" if tta else "none",
+        "config hash": inputs.config_hash or config_hash(study),
+        "git commit": inputs.git_commit,
+        "device": ", ".join(devices),
+        "wall time per stage": stages,
+        "versions": ", ".join(f"{k} {v}" for k, v in inputs.versions.items()) or f"python {platform.python_version()}",
+        "platform": platform.platform(),
+        "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
 def build_report(inputs: ReportInputs, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     study, metrics = inputs.study, inputs.metrics
     table = variant_table(metrics)
     data = PreparedData(inputs.prepared)
-    fp = data.fingerprint
+    facts = study_facts(inputs, data)
+    figs = Figures(out_dir / "figures")
     verify = inputs.verify
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    facts = {
-        "study": study["study"]["name"],
-        "dataset": f"{study['dataset']['name']} ({study['dataset']['source']}), {fp['num_images']} images, "
-                   f"classes: {', '.join(fp['classes'])}",
-        "input size": f"{fp['size']}×{fp['size']} ({fp['policy']})",
-        "verification": f"{verify['pairs_ok']} of {verify['pairs_found']} pairs usable, {len(verify['problems'])} problem(s)",
-        "splits": f"test {len(inputs.splits['test'])} images, {len(inputs.splits['folds'])} folds of "
-                  f"{', '.join(str(len(f)) for f in inputs.splits['folds'])}",
-        "normalisation": f"mean {fp['mean']}, std {fp['std']}",
-        "class frequency": ", ".join(f"{n} {f:.3f}" for n, f in zip(fp["classes"], fp["class_frequency"])),
-        "baseline": metrics["baseline"],
-        "best variant (test Dice)": metrics["best_variant"],
-        "python / platform": f"{platform.python_version()} / {platform.platform()}",
-        "written": when,
-    }
     sections = [f"<h1>seglab study: {html.escape(study['study']['name'])}</h1>",
-                "<h2>At a glance</h2><table>" + "".join(
+                "<h2>At a glance</h2><table class=facts>" + "".join(
                     f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()) + "</table>",
                 "<h2>Variants</h2>",
-                "<p>CV: best-epoch validation score of each fold, mean ± sd over folds. Test: the fold ensemble "
-                "(mean of the folds' probabilities) on the held-out test set. Dice and IoU are per image, averaged "
-                "over foreground classes then over images; an image where a class is absent from both truth and "
-                "prediction scores 1 for that class. Best value per column in bold.</p>",
+                "<p>CV: best-epoch validation score of each fold, mean ± sd and t-based 95% CI over folds. Pooled OOF: "
+                "every fold's best checkpoint on its own validation fold, all out-of-fold images scored together. "
+                "Test: the fold ensemble (mean of the folds' probabilities) and each fold model on the held-out test "
+                "set. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
+                "class is absent from both truth and prediction scores 1 for that class. Best value per column in bold.</p>",
                 table_html(table),
-                _img(figures.metric_bars(table), "Dice per variant"),
-                "<h2>Learning curves</h2><div class=grid>"]
+                "<h2>Significance against the baseline</h2>",
+                significance_html(inputs.comparisons),
+                "<h2>Metrics</h2><div class=grid>",
+                figs.add("metric_bars", figures.metric_bars_ci(table), "metric bars with 95% CI"),
+                figs.add("radar", figures.radar(table, RADAR), "radar chart of the variants"),
+                "</div><h2>Learning curves</h2><div class=grid>"]
     for variant in table.index:
-        sections.append(_img(figures.learning_curves(inputs.curves, variant), f"learning curves {variant}"))
-    sections.append("</div><h2>Sample predictions (test set, fold ensemble)</h2>")
+        sections.append(figs.add(f"curves_{variant}", figures.learning_curves(inputs.curves, variant), f"learning curves {variant}"))
+    sections.append("</div>")
+    multi = data.num_classes > 2
+    if multi:
+        sections.append("<h2>Per class (test ensemble and pooled OOF)</h2>")
+        for variant, eval_dir in inputs.eval_dirs.items():
+            variant_metrics = json.loads((eval_dir / "metrics.json").read_text())
+            sections.append(f"<h3>{html.escape(variant)}</h3>" + per_class_html(eval_dir) + figs.add(
+                f"confusion_{variant}", figures.confusion(np.array(variant_metrics["test_confusion"]),
+                                                          variant_metrics["classes"], f"{variant}: test pixels"),
+                f"confusion matrix {variant}"))
+    sections.append("<h2>Sample predictions (test set, fold ensemble: best, median, worst)</h2>")
     for variant, eval_dir in inputs.eval_dirs.items():
         rows = sample_rows(data, inputs.splits["test"], eval_dir)
-        sections.append(f"<h3>{html.escape(variant)}</h3>" + _img(figures.sample_grid(rows, data.num_classes), f"samples {variant}"))
+        sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"samples_{variant}", figures.sample_grid(rows, data.num_classes), f"samples {variant}"))
     if inputs.pretrain_dirs:
         sections.append("<h2>Colorization pretraining</h2>")
         for folder in inputs.pretrain_dirs:
             history = pd.read_csv(folder / "history.csv")
-            sections.append(f"<h3>{html.escape(folder.name)}</h3>" + _img(figures.pretrain_curve(history), "pretraining curve")
-                            + _img((folder / "samples.png").read_bytes(), "recoloured samples"))
+            sections.append(f"<h3>{html.escape(folder.name)}</h3>"
+                            + figs.add(f"pretrain_curve_{folder.name}", figures.pretrain_curve(history), "pretraining curve")
+                            + figs.add(f"pretrain_samples_{folder.name}", (folder / "samples.png").read_bytes(), "recoloured samples"))
+    sections.append("<h2>MLflow runs</h2>" + run_ids_html(metrics, inputs.pretrain_dirs))
     if verify["problems"]:
         sections.append("<h2>Verification problems</h2><ul>" + "".join(
             f"<li>{html.escape(p['file'])}: {html.escape(p['problem'])}</li>" for p in verify["problems"]) + "</ul>")
     (out_dir / "index.html").write_text(_page(study["study"]["name"], "\n".join(sections)))
-    (out_dir / "summary.md").write_text(_markdown(facts, table))
+    (out_dir / "summary.md").write_text(_markdown(facts, table, inputs.comparisons))
 
 
-def _markdown(facts: dict[str, Any], table: pd.DataFrame) -> str:
+def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str, Any] | None) -> str:
     lines = [f"# seglab study: {facts['study']}", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts.items() if k != "study"]
     lines += ["", "## Variants", "", table_markdown(table), "",
-              "CV: mean ± sd over folds of the best-epoch validation score. Test: fold ensemble on the held-out test set.", ""]
+              "CV: mean ± sd (95% CI) over folds of the best-epoch validation score. Pooled OOF: all out-of-fold "
+              "predictions scored together. Test: fold ensemble on the held-out test set.", "",
+              "## Significance against the baseline", ""]
+    lines += significance_markdown(comparisons) + [""]
     return "\n".join(lines)
 
 
 def _page(title: str, body: str) -> str:
     style = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}td.best{font-weight:bold;background:#e8f6e8}img{max-width:100%;margin:6px}
-.grid{display:flex;flex-wrap:wrap}.grid img{max-width:48%}h2{border-bottom:1px solid #ddd;padding-bottom:4px}
+table.facts td,table.facts th{text-align:left}tr.sig td{background:#e8f6e8}tr.sig td:last-child{font-weight:bold}
+.grid{display:flex;flex-wrap:wrap;align-items:flex-start}.grid img{max-width:48%}h2{border-bottom:1px solid #ddd;padding-bottom:4px}
+ul.verdicts li{margin:4px 0}
 """
-    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)} – seglab report</title>"
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            f"<title>{html.escape(title)} – seglab report</title>"
             f"<style>{style}</style></head><body>{body}</body></html>\n")
+
+
+def stage_wall_times(folder: Path) -> dict[str, float]:
+    """Wall time per stage, summed over its jobs, from Snakemake ``benchmark:`` TSVs.
+
+    ``benchmarks/<stage>.tsv`` or ``benchmarks/<stage>/.../*.tsv``; column ``s`` is seconds.
+    """
+    totals: dict[str, float] = {}
+    if not folder.is_dir():
+        return totals
+    for path in sorted(folder.rglob("*.tsv")):
+        rel = path.relative_to(folder)
+        stage = rel.parts[0] if len(rel.parts) > 1 else path.stem
+        try:
+            seconds = float(pd.read_csv(path, sep="\t")["s"].sum())
+        except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            continue  # a job interrupted while writing its benchmark: leave it out rather than fail
+        totals[stage] = totals.get(stage, 0.0) + seconds
+    return totals
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of what produced the numbers, from package metadata (no heavy imports)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("seglab", "torch", "numpy", "scipy", "snakemake", "mlflow", "dvc"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def load_json(path: Path) -> Any:

@@ -27,8 +27,8 @@ def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
     """Train and validation loss of every fold of one variant in one figure."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for fold, frame in curves[curves["variant"] == variant].groupby("fold"):
-        line = ax.plot(frame["epoch"], frame["train_loss"], label=f"fold {fold} train")[0]
-        ax.plot(frame["epoch"], frame["val_loss"], "--", color=line.get_color(), label=f"fold {fold} val")
+        line = ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"fold {fold} train")[0]
+        ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"fold {fold} val")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title(variant)
@@ -104,4 +104,58 @@ def pretrain_curve(history: pd.DataFrame) -> bytes:
     ax.set_title("colorization pretraining")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return to_png(fig)
+
+
+def metric_bars_ci(table: pd.DataFrame, metrics: tuple[str, ...] = ("dice", "iou")) -> bytes:
+    """CV mean of each metric per variant with its t-based 95% CI as error bars, and the test ensemble score."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 1.3 * len(table)) * len(metrics) * 0.75, 3.4), squeeze=False)
+    x = np.arange(len(table))
+    for ax, metric in zip(axes[0], metrics):
+        mean = table[f"cv_{metric}_mean"].astype(float).to_numpy()
+        low = table[f"cv_{metric}_ci95_low"].astype(float).to_numpy()
+        high = table[f"cv_{metric}_ci95_high"].astype(float).to_numpy()
+        err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+        ax.bar(x - 0.2, mean, 0.4, yerr=err, capsize=4, label="CV mean (95% CI)")
+        ax.bar(x + 0.2, table[f"test_{metric}"].astype(float), 0.4, label="test (fold ensemble)")
+        ax.set_xticks(x, table.index, rotation=20, ha="right")
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    return to_png(fig)
+
+
+def radar(table: pd.DataFrame, columns: list[tuple[str, str]]) -> bytes:
+    """Each variant as a polygon over the test metrics (all in [0, 1], higher is better)."""
+    labels = [label for _, label in columns]
+    angles = np.linspace(0, 2 * np.pi, len(columns), endpoint=False).tolist()
+    fig, ax = plt.subplots(figsize=(4.6, 4.6), subplot_kw={"polar": True})
+    for name, row in table.iterrows():
+        values = [float(row[key]) for key, _ in columns]
+        ax.plot(angles + angles[:1], values + values[:1], label=str(name))
+        ax.fill(angles + angles[:1], values + values[:1], alpha=0.08)
+    ax.set_xticks(angles, labels, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
+    return to_png(fig)
+
+
+def confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
+    """Row-normalised pixel confusion matrix (rows: truth, columns: prediction)."""
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.clip(m.sum(axis=1, keepdims=True), 1, None)
+    size = 1.0 + 0.45 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    shown = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=ax, fraction=0.046)
     return to_png(fig)

@@ -1,0 +1,71 @@
+"""The compare stage: gather the paired numbers from the evaluation files and run seglab.stats.
+
+Inputs: each variant's ``per_image.csv`` (test Dice of the fold ensemble per image) and
+``metrics.json`` (per-fold out-of-fold Dice), the manifest (groups) and the splits (fold
+sizes). Output: ``comparisons.json`` (everything, with a sentence per comparison) and
+``comparisons.csv`` (one flat row per comparison, for people and spreadsheets).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .stats import compare
+
+
+def test_train_ratio(splits: dict[str, Any]) -> float:
+    """Mean over folds of n_validation / n_training: the Nadeau-Bengio correction term."""
+    sizes = [len(f) for f in splits["folds"]]
+    total = sum(sizes)
+    return statistics.fmean(n / (total - n) for n in sizes)
+
+
+def real_groups(manifest: pd.DataFrame) -> dict[str, str] | None:
+    """id -> group when groups are real (some group holds several images), else None."""
+    if manifest["group"].nunique() >= len(manifest):
+        return None
+    return dict(zip(manifest["id"].astype(str), manifest["group"].astype(str)))
+
+
+def gather(eval_dirs: dict[str, Path]) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    per_image, folds = {}, {}
+    for variant, folder in eval_dirs.items():
+        table = pd.read_csv(folder / "per_image.csv", dtype={"id": str})
+        ensemble = table[table["model"] == "ensemble"]
+        per_image[variant] = dict(zip(ensemble["id"], ensemble["dice"].astype(float)))
+        metrics = json.loads((folder / "metrics.json").read_text())
+        folds[variant] = [float(f["dice"]) for f in metrics["oof"]["per_fold"]]
+    return per_image, folds
+
+
+def flat_rows(result: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for r in result["comparisons"]:
+        rows.append({
+            "variant": r["variant"], "reference": r["reference"], "images": r["images"], "folds": r["folds"],
+            "mean_dice_variant": r["mean_a"], "mean_dice_reference": r["mean_b"],
+            "diff_mean": r["bootstrap"]["mean"], "diff_ci95_low": r["bootstrap"]["low"],
+            "diff_ci95_high": r["bootstrap"]["high"], "bootstrap_unit": r["bootstrap"]["unit"],
+            "wilcoxon_p": r["wilcoxon"]["p"], "wilcoxon_p_holm": r["p_holm"],
+            "nb_t": r["nadeau_bengio"]["t"], "nb_p": r["nadeau_bengio"]["p"], "nb_p_holm": r["nb_p_holm"],
+            "significant": r["significant"], "warnings": " | ".join(r["warnings"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def run_compare(study: dict[str, Any], eval_dirs: dict[str, Path], manifest: pd.DataFrame, splits: dict[str, Any],
+                out_json: Path, out_csv: Path) -> dict[str, Any]:
+    per_image, folds = gather(eval_dirs)
+    cfg = study["stats"]
+    result = compare(per_image, folds, study["study"]["baseline"], groups=real_groups(manifest),
+                     test_train_ratio=test_train_ratio(splits), all_pairs=cfg["all_pairs"], alpha=cfg["alpha"],
+                     n_boot=cfg["bootstrap"], seed=cfg["seed"])
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    flat_rows(result).to_csv(out_csv, index=False)
+    return result
