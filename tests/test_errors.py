@@ -102,8 +102,8 @@ def _assert_refused(code: int, message: str, out: Path, *needles: str) -> None:
 @needs_isbi
 def test_missing_dataset_folder(tmp_path, capfd):
     code, message, out = _verify(tmp_path, tmp_path / "nowhere", capfd)
-    _assert_refused(code, message, out, f"{tmp_path / 'nowhere' / 'image'}: the images folder does not exist",
-                    "Check dataset.folder.root")
+    _assert_refused(code, message, out, f"dataset.folder.root: {tmp_path / 'nowhere'} is not a folder",
+                    "Check the path")
 
 
 @needs_isbi
@@ -135,7 +135,7 @@ def test_mask_of_a_different_size(tmp_path, folder, capfd):
 @needs_isbi
 def test_label_value_outside_the_classes(tmp_path, folder, capfd):
     code, message, out = _verify(tmp_path, folder, capfd, mask_encoding="labels", classes=["membrane", "cell"])
-    _assert_refused(code, message, out, str(folder / "label" / "0.png"), "label values [255] are not among the 2 classes",
+    _assert_refused(code, message, out, str(folder / "label" / "0.png"), "mask values 255 are not among the 2 declared classes",
                     "dataset.ignore_index")
 
 

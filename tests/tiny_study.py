@@ -60,7 +60,8 @@ def prepare(root: Path, raw: dict[str, Any] | None = None) -> dict[str, Path]:
     assert main(["download", "--config", str(stage / "dataset.json"), "--out", str(paths["raw"])]) == 0
     assert main(["verify", "--config", str(stage / "prepare.json"), "--raw", str(paths["raw"]), "--out", str(paths["verify"])]) == 0
     assert main(["preprocess", "--config", str(stage / "prepare.json"), "--verify", str(paths["verify"]), "--out", str(paths["prepared"])]) == 0
-    assert main(["split", "--config", str(stage / "split.json"), "--prepared", str(paths["prepared"]), "--out", str(paths["splits"])]) == 0
+    assert main(["split", "--config", str(stage / "split.json"), "--prepared", str(paths["prepared"]),
+                 "--verify", str(paths["verify"]), "--out", str(paths["splits"])]) == 0
     return paths
 
 
