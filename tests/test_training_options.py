@@ -178,3 +178,25 @@ def test_model_options_are_validated_per_name():
 ])
 def test_cross_key_rules_are_clear_config_errors(overrides, match):
     refused(overrides, match)
+
+
+def test_pretraining_refuses_a_grayscale_dataset_before_training(tmp_path):
+    from seglab.train import pretrain_colorization
+
+    grey = np.repeat(np.random.default_rng(1).integers(0, 255, (4, 16, 16, 1), dtype=np.uint8), 3, axis=-1)
+    np.save(tmp_path / "images.npy", grey)
+    cfg = {"study": {"seed": 0, "device": "cpu", "deterministic": False}, "pretrain": {"target": "rgb"}, "model": {}}
+    with pytest.raises(ConfigError, match="grayscale.*colorization pretraining has no colour to learn and is skipped"):
+        pretrain_colorization(cfg, tmp_path, {"folds": []}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stoppers_follow_monitor_and_checkpoint_metric():
+    from seglab.train import build_stoppers
+
+    train = variant({"train": {"monitor": "val_loss", "checkpoint_metric": "val_dice", "patience": 7}})["train"]
+    stopper, selector = build_stoppers(train)
+    assert (stopper.monitor, stopper.mode, stopper.patience) == ("val_loss", "min", 7)
+    assert (selector.monitor, selector.mode, selector.patience) == ("val_dice", "max", None)
+    same = build_stoppers(variant({})["train"])
+    assert same[0] is same[1]
