@@ -58,10 +58,16 @@ _Validator = _defaulting_validator_class()
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Return ``base`` updated by ``override``; nested dicts merge, everything else replaces."""
+    """Return ``base`` updated by ``override``; nested dicts merge, everything else replaces.
+
+    A block that names a different ``name`` (``model: {name: smp}`` over ``model: {name:
+    unet, base: 8}``) replaces the block instead: the old options belong to the old name.
+    """
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        old = merged.get(key)
+        renamed = isinstance(value, dict) and isinstance(old, dict) and "name" in value and value["name"] != old.get("name", value["name"])
+        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -79,16 +85,42 @@ def _describe(error: jsonschema.ValidationError, prefix: str) -> str:
             f"unknown key '{where}{unexpected[0]}'. Known keys here: {', '.join(known)}. "
             "Fix the spelling or remove it."
         )
+    if error.validator == "unevaluatedProperties":
+        known = sorted(_known_keys(error.schema, error.instance))
+        unexpected = sorted(set(error.instance) - set(known)) or ["?"]
+        name = error.instance.get("name") if isinstance(error.instance, dict) else None
+        return (
+            f"unknown key '{key}.{unexpected[0]}' for name '{name}'. Known keys here: {', '.join(known)}. "
+            "Fix the spelling or remove it (options depend on the name)."
+        )
     hint = error.schema.get("description")
     text = f"key '{key}': {error.message}."
     return f"{text} ({hint})" if hint else text
+
+
+def _known_keys(schema: dict[str, Any], instance: Any) -> set[str]:
+    """Keys a name-dependent block accepts: its own properties and those of the branch whose
+    ``if`` matches the instance's ``name``."""
+    keys = set(schema.get("properties", {}))
+    defs = load_schema()["$defs"]
+    for branch in schema.get("allOf", []):
+        const = branch.get("if", {}).get("properties", {}).get("name", {}).get("const")
+        if isinstance(instance, dict) and const == instance.get("name"):
+            then = branch.get("then", {})
+            if "$ref" in then:
+                then = defs[then["$ref"].rsplit("/", 1)[-1]]
+            keys |= set(then.get("properties", {}))
+    return keys
 
 
 def _check(instance: Any, schema: dict[str, Any], source: str, prefix: str = "") -> None:
     validator = _Validator(schema, registry=_registry())
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
-        best = jsonschema.exceptions.best_match(errors)
+        # The deepest error is the informative one: a bad option inside a sum term also makes
+        # the enclosing loss block fail as a whole.
+        depth = max(len(e.absolute_path) for e in errors)
+        best = jsonschema.exceptions.best_match(e for e in errors if len(e.absolute_path) == depth)
         raise ConfigError(f"{source}: {_describe(best, prefix)}")
 
 
@@ -121,6 +153,7 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
         merged = deep_merge(defaults_raw, override or {})
         where = f"variants.{name}" if override else "defaults"
         _check(merged, _variant_schema(), source, prefix=where)
+        _check_variant(merged, source, where)
         resolved[name] = merged
     cfg["variants"] = resolved
     _check_size_fits_models(cfg, source)
@@ -150,6 +183,57 @@ def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
                 f"(model.depth {variant['model']['depth']}) needs. Use a multiple of {factor} (e.g. {size // factor * factor or factor}) "
                 "or a smaller depth."
             )
+
+
+def _keyed(exc: Exception, source: str, where: str) -> ConfigError:
+    """'model.encoder: message' from a builder -> ConfigError "file: key 'variants.x.model.encoder': message"."""
+    key, _, message = str(exc).partition(": ")
+    return ConfigError(f"{source}: key '{where}.{key}': {message}")
+
+
+def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
+    """Rules that span keys (the schema checks each key alone); heavy imports only when needed."""
+    model, init, train = variant["model"], variant["init"], variant["train"]
+    if init == "file" and not variant["init_file"]:
+        raise ConfigError(f"{source}: key '{where}.init_file': init is 'file' but no init_file is given. Set init_file: <path to weights>.")
+    if init != "file" and variant["init_file"]:
+        raise ConfigError(f"{source}: key '{where}.init_file': only read with init: file (init is '{init}'). Remove it or set init: file.")
+    if init == "imagenet":
+        if model["name"] == "unet":
+            raise ConfigError(
+                f"{source}: key '{where}.init': ImageNet weights exist only for smp encoders, not for model.name unet. "
+                "Use model.name: smp or plain_decoder, or init: scratch / colorization / file."
+            )
+        if model["encoder"].startswith("tu-"):
+            raise ConfigError(f"{source}: key '{where}.init': init: imagenet supports smp's own encoders; for {model['encoder']!r} use init: file.")
+    if train["unfreeze_at_epoch"] is not None and not train["freeze_encoder"]:
+        raise ConfigError(f"{source}: key '{where}.train.unfreeze_at_epoch': set only with train.freeze_encoder: true.")
+    if train["unfreeze_at_epoch"] is not None and train["unfreeze_at_epoch"] >= train["epochs"]:
+        raise ConfigError(
+            f"{source}: key '{where}.train.unfreeze_at_epoch': {train['unfreeze_at_epoch']} is not before the last epoch "
+            f"(train.epochs {train['epochs']}); lower it or use null to keep the encoder frozen."
+        )
+    if variant["schedule"]["warmup_epochs"] >= train["epochs"]:
+        raise ConfigError(f"{source}: key '{where}.schedule.warmup_epochs': must be below train.epochs ({train['epochs']}).")
+    if model["name"] in ("smp", "plain_decoder"):
+        from .models.encoder_decoder import check_encoder
+
+        try:
+            check_encoder(model["encoder"])
+        except ValueError as exc:
+            raise _keyed(exc, source, where) from None
+    aug = variant["augmentation"]
+    if aug["policy"]:
+        from .data.transforms import parse_policy
+
+        try:
+            parse_policy(aug["policy"])
+        except ValueError as exc:
+            raise _keyed(exc, source, where) from None
+    if aug["mode"] == "offline" and aug["multiplier"] > 1 and aug["preset"] == "none" and not aug["policy"]:
+        raise ConfigError(
+            f"{source}: key '{where}.augmentation.multiplier': offline copies need a preset or a policy to augment with."
+        )
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -16,28 +16,62 @@ import torch
 from torch import nn
 
 from .metrics import MetricAccumulator
+from .models.freeze import hold_frozen_batchnorm
+
+
+def monitor_mode(monitor: str, mode: str = "auto") -> str:
+    """``auto`` minimises losses and distances (``*loss``, ``*hd95``) and maximises scores."""
+    if mode != "auto":
+        return mode
+    return "min" if monitor.endswith(("loss", "hd95")) else "max"
 
 
 @dataclass
 class EarlyStopping:
-    """Stop after ``patience`` epochs without a better monitored value (lower is better)."""
+    """Track the best value of ``monitor`` (a key of the epoch record); stop after
+    ``patience`` epochs without improving on it by more than ``min_delta``.
 
-    patience: int
-    best: float = math.inf
+    ``mode`` is ``min`` (lower is better) or ``max``; ``patience=None`` never stops, which
+    makes the same class the best-checkpoint selector. A NaN value never counts as better.
+    """
+
+    patience: int | None
+    monitor: str = "val_loss"
+    mode: str = "min"
+    min_delta: float = 0.0
+    best: float = math.nan
     best_epoch: int = -1
     bad_epochs: int = 0
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"mode for {self.monitor} must be 'min' or 'max', got {self.mode!r}")
+        if math.isnan(self.best):
+            self.best = math.inf if self.mode == "min" else -math.inf
+
+    def improves(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
     def step(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; return True when it is the best so far."""
-        if value < self.best:
+        if math.isfinite(value) and self.improves(value):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             return True
         self.bad_epochs += 1
         return False
 
+    def update(self, record: dict[str, Any]) -> bool:
+        """:meth:`step` with the monitored key of an epoch record."""
+        if self.monitor not in record:
+            known = ", ".join(k for k in record if k.startswith("val_"))
+            raise ValueError(f"monitor {self.monitor!r} is not in the epoch record; use one of: {known}")
+        return self.step(float(record[self.monitor]), int(record["epoch"]))
+
     @property
     def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
+        return self.patience is not None and self.bad_epochs >= self.patience
 
 
 @dataclass
@@ -74,6 +108,8 @@ def run_epoch(
     """
     training = optimizer is not None
     model.train(training)
+    if training:
+        hold_frozen_batchnorm(model)  # a frozen encoder keeps its batch-norm statistics too
     device = precision.device
     total = torch.zeros((), device=device)
     count = 0
@@ -115,26 +151,37 @@ def fit(
     optimizer: torch.optim.Optimizer,
     precision: Precision,
     epochs: int,
-    patience: int,
+    patience: int | None,
     on_epoch: Callable[[dict[str, Any], bool], None],
     metrics: MetricAccumulator | None = None,
     scheduler: Any = None,
     start_epoch: int = 0,
     stopper: EarlyStopping | None = None,
+    selector: EarlyStopping | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> EarlyStopping:
-    """Train until ``epochs`` or early stopping on validation loss.
+    """Train until ``epochs`` or until ``stopper`` (default: val_loss, ``patience``) says stop.
 
     ``on_epoch(record, is_best)`` receives ``{"epoch", "train_loss", "val_loss",
-    "val_<metric>", "lr", "seconds", "train_images_per_s"}`` after every epoch; it is
+    "val_<metric>", "lr", "seconds", "train_images_per_s"}`` after every epoch; ``is_best``
+    comes from ``selector`` (default: the stopper's monitor), which is returned. It is
     where the caller saves its resume state. To resume, pass the number of completed
     epochs as ``start_epoch`` and the restored ``stopper`` (with model, optimiser,
     scheduler and random generators already restored by the caller): the loop then
     continues exactly where it stopped, and does nothing if that run had stopped early.
+    ``scheduler`` (an :class:`~seglab.schedule.EpochSchedule`) sets the learning rate at the
+    start of each epoch and is fed the stopper's monitored value at its end.
+    ``on_epoch_start(epoch)`` (0-based) runs before each epoch, e.g. to unfreeze an encoder.
     """
     stopper = stopper or EarlyStopping(patience)
+    selector = selector or stopper
     for epoch in range(start_epoch, epochs):
         if stopper.should_stop:
             break
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        if scheduler is not None:
+            scheduler.apply(optimizer, epoch)
         start = time.perf_counter()
         train = run_epoch(model, train_batches, loss_fn, precision, optimizer)
         val = run_epoch(model, val_batches, loss_fn, precision, None, metrics)
@@ -151,10 +198,12 @@ def fit(
             "seconds": time.perf_counter() - start,
             "train_images_per_s": train["images_per_s"],
         }
-        is_best = stopper.step(val["loss"], epoch + 1)
+        is_best = selector.update(record)
+        if stopper is not selector:
+            stopper.update(record)
         if scheduler is not None:
-            scheduler.step()
+            scheduler.observe(epoch, float(record[stopper.monitor]))
         on_epoch(record, is_best)
         if stopper.should_stop:
             break
-    return stopper
+    return selector

@@ -118,8 +118,13 @@ def training_state(
     augment: Any = None,
     scheduler: Any = None,
     scaler: Any = None,
+    early_stop: EarlyStopping | None = None,
 ) -> dict[str, Any]:
-    """The resume state after ``epoch`` epochs (1-based count of completed epochs)."""
+    """The resume state after ``epoch`` epochs (1-based count of completed epochs).
+
+    ``stopper`` is the best-checkpoint selector (its best epoch names the best file);
+    ``early_stop`` the early-stopping monitor when it is a different one.
+    """
     return {
         "format": FORMAT,
         "key": key,
@@ -129,6 +134,7 @@ def training_state(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "stopper": asdict(stopper),
+        "early_stop": asdict(early_stop) if early_stop is not None else None,
         "history": history,
         "rng": capture_rng(generators, augment),
     }
@@ -143,8 +149,8 @@ def restore_training(
     augment: Any = None,
     scheduler: Any = None,
     scaler: Any = None,
-) -> tuple[int, EarlyStopping, list[dict[str, Any]]]:
-    """Put a saved state back; return (completed epochs, early stopping, history)."""
+) -> tuple[int, EarlyStopping, EarlyStopping | None, list[dict[str, Any]]]:
+    """Put a saved state back; return (completed epochs, selector, early stopping or None, history)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
@@ -152,7 +158,9 @@ def restore_training(
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"], generators, augment)
-    return int(state["epoch"]), EarlyStopping(**state["stopper"]), list(state["history"])
+    early = state.get("early_stop")
+    return (int(state["epoch"]), EarlyStopping(**state["stopper"]),
+            EarlyStopping(**early) if early else None, list(state["history"]))
 
 
 # --- where it is kept ----------------------------------------------------------------

@@ -27,13 +27,19 @@ from .checkpoint import load_checkpoint
 from .config import config_hash
 from .data.dataset import ColorizationDataset, PreparedData, SegmentationDataset
 from .data.splits import fold_ids
+from .config import ConfigError
+from .data.augmented import ArrayDataset, Repeated, augmentation_grid, offline_copies
+from .data.colour import ab_to_unit, colorization_refusal, lab_to_rgb, rgb_to_lab, unit_to_ab
 from .data.transforms import build_augmentation
 from .data.io import sha256_file
-from .engine import EarlyStopping, Precision, fit
+from .engine import EarlyStopping, Precision, fit, monitor_mode
 from .losses import build_loss
 from .metrics import MetricAccumulator
-from .models import build_model, count_parameters, output_channels, transfer_weights
+from .models import build_model, count_parameters, output_channels
+from .models.freeze import set_encoder_trainable
+from .models.weights import initialise
 from .runtime import seed_everything, select_device
+from .schedule import build_schedule
 from .report import figures
 from .resume import ResumeStore, restore_training, training_state
 from .tracking import NullRun, Run
@@ -97,6 +103,10 @@ def fit_resumable(
     prefix: str,
     metrics: MetricAccumulator | None = None,
     augment: Any = None,
+    stopper: EarlyStopping | None = None,
+    selector: EarlyStopping | None = None,
+    scheduler: Any = None,
+    on_epoch_start: Any = None,
 ) -> tuple[EarlyStopping, list[dict[str, Any]]]:
     """``engine.fit`` with a resume state saved after every epoch and restored at start.
 
@@ -104,12 +114,17 @@ def fit_resumable(
     and ``stopper``, and the new state comes out through the ``on_epoch`` callback.
     """
     generators = [train_loader.generator, val_loader.generator]
-    stopper, history, start_epoch = EarlyStopping(patience), [], 0
+    stopper = stopper or EarlyStopping(patience)
+    selector = selector or stopper
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
     saved = store.load(precision.device)
     if saved is not None:
-        start_epoch, stopper, history = restore_training(
-            saved, model=model, optimizer=optimizer, generators=generators, augment=augment, scaler=precision.scaler,
+        start_epoch, selector, early, history = restore_training(
+            saved, model=model, optimizer=optimizer, generators=generators, augment=augment,
+            scheduler=scheduler, scaler=precision.scaler,
         )
+        stopper = early or selector
         # A killed job may have saved an epoch but not logged it: log what the run lacks.
         logged = run.logged_steps("train_loss")
         for record in history:
@@ -122,15 +137,44 @@ def fit_resumable(
         if is_best:
             store.save_best(model, record["epoch"])
         store.save_last(training_state(
-            key=store.key, epoch=record["epoch"], model=model, optimizer=optimizer, stopper=stopper,
-            history=history, generators=generators, augment=augment, scaler=precision.scaler,
+            key=store.key, epoch=record["epoch"], model=model, optimizer=optimizer, stopper=selector,
+            history=history, generators=generators, augment=augment, scheduler=scheduler, scaler=precision.scaler,
+            early_stop=stopper if stopper is not selector else None,
         ))
         run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         print(_epoch_line(prefix, record, is_best), flush=True)
 
-    stopper = fit(model, train_loader, val_loader, loss_fn, optimizer, precision, epochs, patience, on_epoch,
-                  metrics, start_epoch=start_epoch, stopper=stopper)
-    return stopper, history
+    selector = fit(model, train_loader, val_loader, loss_fn, optimizer, precision, epochs, patience, on_epoch,
+                   metrics, scheduler=scheduler, start_epoch=start_epoch, stopper=stopper, selector=selector,
+                   on_epoch_start=on_epoch_start)
+    return selector, history
+
+
+def build_train_set(data: PreparedData, ids: list[str], augmentation: dict[str, Any], seed: int) -> tuple[Dataset, Any]:
+    """The training dataset the augmentation block asks for, and its albumentations policy.
+
+    online: each epoch draws fresh augmentations, the set repeated ``multiplier`` times;
+    offline: originals plus ``multiplier - 1`` augmented copies drawn once, no further augmentation.
+    """
+    augment = build_augmentation(augmentation, seed)
+    times = augmentation["multiplier"]
+    if augmentation["mode"] == "offline":
+        if augment is None or times == 1:
+            return SegmentationDataset(data, ids), augment
+        return ArrayDataset(*offline_copies(data, ids, augment, times), data), augment
+    dataset: Dataset = SegmentationDataset(data, ids, augment)
+    return (Repeated(dataset, times) if times > 1 else dataset), augment
+
+
+def build_stoppers(cfg_train: dict[str, Any]) -> tuple[EarlyStopping, EarlyStopping]:
+    """Early stopping on ``train.monitor`` and best-checkpoint selection on ``train.checkpoint_metric``."""
+    monitor = cfg_train["monitor"]
+    stopper = EarlyStopping(cfg_train["patience"], monitor, monitor_mode(monitor, cfg_train["mode"]), cfg_train["min_delta"])
+    metric = cfg_train["checkpoint_metric"] or monitor
+    mode = monitor_mode(metric, cfg_train["checkpoint_mode"] if cfg_train["checkpoint_metric"] else cfg_train["mode"])
+    if metric == monitor and mode == stopper.mode:
+        return stopper, stopper
+    return stopper, EarlyStopping(None, metric, mode)
 
 
 def train_fold(
@@ -142,7 +186,8 @@ def train_fold(
     init_weights: Path | None = None,
     run: Run | None = None,
 ) -> dict[str, Any]:
-    """Train ``variant`` on fold ``fold``; write best.pt, history.csv and summary.json to ``out_dir``.
+    """Train ``variant`` on fold ``fold``; write best.pt, history.csv, summary.json (and
+    augmentation.png when the variant augments) to ``out_dir``.
 
     Resumes from ``out_dir/.resume`` when a previous attempt of the same job left a state there.
     """
@@ -155,52 +200,75 @@ def train_fold(
     train_ids, val_ids = fold_ids(splits, fold)
     cfg_train = variant["train"]
 
-    train_set = SegmentationDataset(data, train_ids, build_augmentation(variant["augmentation"], seed))
+    train_set, augment = build_train_set(data, train_ids, variant["augmentation"], seed)
     val_set = SegmentationDataset(data, val_ids)
     train_loader = make_loader(train_set, cfg_train["batch_size"], True, seed, cfg_train["num_workers"], device)
     val_loader = make_loader(val_set, cfg_train["batch_size"], False, seed, cfg_train["num_workers"], device)
 
     model = build_model(variant["model"], 3, output_channels(data.num_classes, variant["model"]["binary_head"]))
-    transferred: dict[str, list[str]] = {"loaded": [], "skipped": []}
-    if variant["init"] == "colorization":
-        if init_weights is None:
-            raise ValueError(f"variant {variant['variant']!r} has init: colorization but no pretrained weights were given")
-        transferred = transfer_weights(model, load_checkpoint(init_weights)["model"])
+    init = initialise(model, variant, init_weights)
+    if cfg_train["freeze_encoder"]:
+        set_encoder_trainable(model, False)
     model.to(device)
     loss_fn = build_loss(variant["loss"], data.num_classes, data.ignore_index)
-    optimizer = build_optimizer(variant["optimizer"], [p for p in model.parameters() if p.requires_grad])
+    # Every parameter goes to the optimiser: frozen ones get no gradient, hence no update,
+    # and start moving as soon as the encoder is unfrozen.
+    optimizer = build_optimizer(variant["optimizer"], model.parameters())
     metrics = MetricAccumulator(data.num_classes, data.ignore_index, foreground_classes(data))
     params = count_parameters(model)
+    stopper, selector = build_stoppers(cfg_train)
+    schedule = build_schedule(variant["schedule"], variant["optimizer"]["lr"], cfg_train["epochs"], stopper.mode)
+    unfreeze_at = cfg_train["unfreeze_at_epoch"] if cfg_train["freeze_encoder"] else None
 
     run.log_params({
         "fold": fold, "seed": seed, "device": device.type, "train_images": len(train_ids),
-        "val_images": len(val_ids), "transferred_tensors": len(transferred["loaded"]), **params,
+        "train_samples_per_epoch": len(train_set), "val_images": len(val_ids),
+        "transferred_tensors": init["loaded"], **params,
     })
     out_dir.mkdir(parents=True, exist_ok=True)
+    if augment is not None and variant["augmentation"]["grid_samples"] > 0:
+        grid = out_dir / "augmentation.png"
+        grid.write_bytes(augmentation_grid(train_set, variant["augmentation"]["grid_samples"], data.num_classes,
+                                           data.fingerprint["mean"], data.fingerprint["std"]))
+        run.log_artifact(grid)
     prefix = f"[{variant['variant']} fold {fold}]"
     best_path = out_dir / "best.pt"
     key = resume_key({k: v for k, v in variant.items() if k != "tracking"}, data.fingerprint, splits, fold,
                      sha256_file(init_weights) if init_weights is not None and variant["init"] == "colorization" else None)
     store = ResumeStore(out_dir / RESUME_DIR, key)
-    augment = train_set.augment
 
-    stopper, history = fit_resumable(
+    def on_epoch_start(epoch: int) -> None:
+        # ">=" so that a job resumed after the unfreeze epoch trains its encoder too.
+        if unfreeze_at is not None and epoch >= unfreeze_at and not state["unfrozen"]:
+            set_encoder_trainable(model, True)
+            state["unfrozen"] = True
+            print(f"{prefix} epoch {epoch + 1}: encoder unfrozen", flush=True)
+
+    state = {"unfrozen": False}
+    selector, history = fit_resumable(
         model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
         cfg_train["epochs"], cfg_train["patience"], store, run, prefix, metrics, augment,
+        stopper=stopper, selector=selector, scheduler=schedule, on_epoch_start=on_epoch_start,
     )
     # Summed over epochs, so a resumed job reports its whole training time, not the last attempt's.
     seconds = sum(r["seconds"] for r in history)
-    best = next(r for r in history if r["epoch"] == stopper.best_epoch)
+    if selector.best_epoch < 0:
+        raise ValueError(f"{selector.monitor} was never finite; no checkpoint was saved. Pick another train.checkpoint_metric.")
+    best = next(r for r in history if r["epoch"] == selector.best_epoch)
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     summary = {
-        "variant": variant["variant"], "fold": fold, "best_epoch": stopper.best_epoch,
+        "variant": variant["variant"], "fold": fold, "best_epoch": selector.best_epoch,
         "epochs_run": len(history), "train_seconds": round(seconds, 2), "device": device.type,
-        **params, **{k: v for k, v in best.items() if k.startswith("val_")},
+        **params, "init": init["init"], "init_tensors_loaded": init["loaded"],
+        "encoder_frozen": cfg_train["freeze_encoder"], "encoder_unfrozen_at_epoch": unfreeze_at,
+        "monitor": stopper.monitor, "checkpoint_metric": selector.monitor,
+        "stopped_early": len(history) < cfg_train["epochs"], "train_samples_per_epoch": len(train_set),
+        **{k: v for k, v in best.items() if k.startswith("val_")},
         "checkpoint": str(best_path), "run_id": run.run_id,
     }
-    store.publish_best(stopper.best_epoch, best_path)
+    store.publish_best(selector.best_epoch, best_path)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    run.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | {"best_epoch": stopper.best_epoch, "train_seconds": seconds})
+    run.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | {"best_epoch": selector.best_epoch, "train_seconds": seconds})
     run.log_artifact(out_dir / "history.csv")
     run.set_tags({"seglab.checkpoint": str(best_path), "seglab.checkpoint_sha256": (best_path.parent / (best_path.name + ".sha256")).read_text().split()[0]})
     store.clear()
@@ -214,10 +282,16 @@ def pretrain_colorization(
     out_dir: Path,
     run: Run | None = None,
 ) -> dict[str, Any]:
-    """Colorization pretraining: the variant's architecture with a 3-channel head learns
-    RGB from grey (MSE), on training images only (never the test split)."""
+    """Colorization pretraining: the variant's architecture learns colour from grey (MSE), on
+    training images only (never the test split). ``pretrain.target`` rgb predicts RGB in
+    [0, 1] with a 3-channel head; lab predicts CIELAB a, b (scaled to [0, 1]) with a
+    2-channel head. A grey dataset is refused with a ConfigError: there is no colour to learn."""
     run = run or NullRun()
     study, pre = cfg["study"], cfg["pretrain"]
+    target = pre.get("target", "rgb")
+    refusal = colorization_refusal(Path(prepared) / "images.npy")
+    if refusal:
+        raise ConfigError(refusal)
     seed_everything(study["seed"], study["deterministic"])
     device = select_device(study["device"])
     data = PreparedData(prepared)
@@ -231,11 +305,12 @@ def pretrain_colorization(
     val_set = ColorizationDataset(data, val_ids)
     val_loader = make_loader(val_set, pre["batch_size"], False, study["seed"], 0, device)
 
-    model = build_model(cfg["model"], 3, 3).to(device)
+    model = build_model(cfg["model"], 3, 3 if target == "rgb" else 2).to(device)
     mse = nn.MSELoss()
 
-    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return mse(torch.sigmoid(output), target)
+    def loss_fn(output: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        wanted = rgb if target == "rgb" else ab_to_unit(rgb_to_lab(rgb))
+        return mse(torch.sigmoid(output), wanted)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=pre["lr"])
     run.log_params({"train_images": len(train_ids), "val_images": len(val_ids), **{f"pretrain.{k}": v for k, v in pre.items()},
@@ -246,16 +321,16 @@ def pretrain_colorization(
     store = ResumeStore(out_dir / RESUME_DIR, key)
     stopper, history = fit_resumable(
         model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
-        pre["epochs"], pre["epochs"], store, run, "[colorization]", augment=flips,
+        pre["epochs"], pre["epochs"], store, run, f"[colorization {target}]", augment=flips,
     )
     store.publish_best(stopper.best_epoch, weights)
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
 
     model.load_state_dict(load_checkpoint(weights, device)["model"])
-    samples = colorization_samples(model, val_set, device, n=min(6, len(val_set)))
+    samples = colorization_samples(model, val_set, device, n=min(6, len(val_set)), target=target)
     (out_dir / "samples.png").write_bytes(figures.colorization_grid(samples))
-    summary = {"best_epoch": stopper.best_epoch, "best_val_mse": stopper.best, "train_images": len(train_ids),
-               "val_images": len(val_ids), "run_id": run.run_id}
+    summary = {"best_epoch": stopper.best_epoch, "best_val_mse": stopper.best, "target": target,
+               "train_images": len(train_ids), "val_images": len(val_ids), "run_id": run.run_id}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     run.log_metrics({"best_val_mse": stopper.best})
     run.log_artifact(out_dir / "samples.png")
@@ -265,16 +340,23 @@ def pretrain_colorization(
 
 
 @torch.no_grad()
-def colorization_samples(model: nn.Module, dataset: ColorizationDataset, device: torch.device, n: int) -> dict[str, np.ndarray]:
-    """Grey input, recoloured output and true colour of ``n`` validation images, as uint8 (n,H,W,3)."""
+def colorization_samples(model: nn.Module, dataset: ColorizationDataset, device: torch.device, n: int,
+                         target: str = "rgb") -> dict[str, np.ndarray]:
+    """Grey input, recoloured output and true colour of ``n`` validation images, as uint8 (n,H,W,3).
+
+    With the lab target the recoloured image is the true lightness with the predicted a, b.
+    """
     model.eval()
     greys, preds, trues = [], [], []
     for i in range(n):
         grey, rgb = dataset[i]
-        pred = torch.sigmoid(model(grey[None].to(device))).cpu()[0]
+        out = torch.sigmoid(model(grey[None].to(device))).cpu()[0]
+        if target == "lab":
+            lightness = rgb_to_lab(rgb)[:1]
+            out = lab_to_rgb(torch.cat([lightness, unit_to_ab(out)]))
         grey01 = (grey[0] * dataset.grey_std + dataset.grey_mean).clamp(0, 1)
         greys.append(grey01[None].expand(3, -1, -1))
-        preds.append(pred)
+        preds.append(out)
         trues.append(rgb)
 
     def as_uint8(items: list[torch.Tensor]) -> torch.Tensor:

@@ -64,9 +64,29 @@ def get_raw_dir(wildcards=None):
 
 
 def get_init_weights(wildcards):
-    if CFG["variants"][wildcards.variant]["init"] == "colorization":
+    """The weights a variant starts from: its colorization pretraining or its init_file."""
+    variant = CFG["variants"][wildcards.variant]
+    if variant["init"] == "colorization":
         return f"{pretrain_dir(wildcards.variant)}/weights.pt"
+    if variant["init"] == "file":
+        return variant["init_file"]
     return []
+
+
+def _refuse_colorization_on_grey():
+    """Once the prepared images exist, a grey dataset refuses init: colorization before any job runs
+    (on the first run the pretrain job itself refuses, with the same message)."""
+    users = [v for v in VARIANTS if CFG["variants"][v]["init"] == "colorization"]
+    images = Path(PREPARED) / "images.npy"
+    if users and images.is_file():
+        from seglab.data.colour import colorization_refusal
+
+        refusal = colorization_refusal(images, users)
+        if refusal:
+            raise WorkflowError(refusal)
+
+
+_refuse_colorization_on_grey()
 
 
 def pretrain_dirs():

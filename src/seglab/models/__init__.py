@@ -1,7 +1,13 @@
 """Model registry: ``model.name`` in the config picks the builder; the rest are its options.
 
 Every builder returns an ``nn.Module`` mapping (N, in_channels, H, W) to (N, out_channels, H, W)
-logits, with its final layer named in :data:`HEAD_PREFIXES` so weight transfer can skip it.
+logits, with its contracting path at ``model.encoder`` (frozen or initialised by name, see
+:mod:`.freeze` and :mod:`.weights`) and its final layer named in :data:`HEAD_PREFIXES` so
+weight transfer can skip it. Builders never download weights.
+
+* ``unet``: the parametric U-Net of :mod:`.unet`.
+* ``smp``: a segmentation-models-pytorch architecture (``arch``) on any smp ``encoder``.
+* ``plain_decoder``: an smp ``encoder`` with a decoder without skip connections.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .encoder_decoder import plain_decoder_model, smp_model
 from .unet import UNet
 
 HEAD_PREFIXES = ("head.", "segmentation_head.")
@@ -25,10 +32,19 @@ def _unet(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module
         batch_norm=cfg["batch_norm"],
         dropout=cfg["dropout"],
         upsample=cfg["upsample"],
+        kernel_size=cfg.get("kernel_size", 3),
+        dropout_in=cfg.get("dropout_in", ("bottleneck", "decoder")),
     )
 
 
-MODELS: dict[str, Callable[[dict[str, Any], int, int], nn.Module]] = {"unet": _unet}
+MODELS: dict[str, Callable[[dict[str, Any], int, int], nn.Module]] = {
+    "unet": _unet,
+    "smp": smp_model,
+    "plain_decoder": plain_decoder_model,
+}
+
+# Models whose encoder is an smp encoder, hence can start from ImageNet weights.
+SMP_ENCODER_MODELS = ("smp", "plain_decoder")
 
 
 def build_model(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
@@ -52,19 +68,21 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"params_trainable": trainable, "params_frozen": total - trainable}
 
 
-def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
-    """Load every pretrained tensor whose name and shape match, except the head.
+def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, list[str]]:
+    """Load every pretrained tensor whose name (after ``prefix``) and shape match, except the head.
 
+    ``prefix`` lets an encoder-only state dict (``conv1.weight``) load into ``encoder.conv1.weight``.
     Returns the names loaded and skipped so that the run can record what was transferred.
     """
     own = model.state_dict()
     loaded, skipped = [], []
     for name, tensor in state.items():
-        if name.startswith(HEAD_PREFIXES) or name not in own or own[name].shape != tensor.shape:
+        target = prefix + name
+        if target.startswith(HEAD_PREFIXES) or target not in own or own[target].shape != tensor.shape:
             skipped.append(name)
             continue
-        own[name] = tensor
-        loaded.append(name)
+        own[target] = tensor
+        loaded.append(target)
     if not loaded:
         raise ValueError("the pretrained weights share no layer with this model; check that init and model match")
     model.load_state_dict(own)

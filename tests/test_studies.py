@@ -1,0 +1,142 @@
+"""Every shipped study (configs/studies/*.yaml) runs through the real Snakemake workflow.
+
+Each study is copied into a temporary project with only its sizes shrunk (images, epochs,
+folds), then run exactly as a user would: ``snakemake --configfile <study> --cores 2
+--resources gpu=1``, with MLflow recording into a SQLite file in the same folder.
+
+A training job costs seconds of imports and tracking whatever its size, so by default each
+study runs its baseline and the variant that makes it that study (:data:`CORE`); set
+``SEGLAB_E2E_ALL_VARIANTS=1`` to run every variant. Every variant of every study is still
+resolved, built and run for one batch in ``test_every_variant_of_every_study_builds``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = sorted((REPO / "configs" / "studies").glob("*.yaml"))
+ALL_VARIANTS = os.environ.get("SEGLAB_E2E_ALL_VARIANTS") == "1"
+# Beside each study's baseline, the variant that exercises what the study is about.
+CORE = {
+    "unet-ablation": ["unet-bce-bn-aug"],
+    "mobilenet-frozen": ["mobilenet-frozen-then-finetuned", "mobilenet-finetuned"],
+    "augmentation-grid": ["vflip-0.5-blur"],
+    "multiclass-colorization": ["colorization-augmented"],
+    "unet-vs-resnet34": ["resnet34-unet-ce-2logit"],
+}
+
+
+def shrink(study: Path, folder: Path, keep: list[str] | None = None) -> Path:
+    """Write a copy of ``study`` into ``folder`` at test size; only sizes change, never the design.
+
+    ``keep`` limits the variants to the baseline and those named (None keeps all).
+    """
+    cfg = yaml.safe_load(study.read_text())
+    if keep is not None:
+        wanted = {cfg["study"]["baseline"], *keep}
+        cfg["variants"] = {k: v for k, v in cfg["variants"].items() if k in wanted}
+    cfg["dataset"]["builtin"].update(count=16, size=32, groups=8)
+    cfg["preprocess"]["size"] = 32
+    cfg["split"]["folds"] = 2
+    cfg["study"]["device"] = "cpu"
+    if "pretrain" in cfg:
+        cfg["pretrain"].update(epochs=1, batch_size=8)
+    defaults = cfg["defaults"]
+    defaults.setdefault("train", {}).update(epochs=2, batch_size=4)
+    if defaults.get("schedule", {}).get("warmup_epochs"):
+        defaults["schedule"]["warmup_epochs"] = 1
+    for variant in (cfg["variants"] or {}).values():
+        train = (variant or {}).get("train", {})
+        if train.get("unfreeze_at_epoch"):
+            train["unfreeze_at_epoch"] = 1
+    path = folder / study.name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_study(study: Path, folder: Path, keep: list[str] | None = None) -> tuple[dict, Path]:
+    config = shrink(study, folder, keep)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
+           "--configfile", str(config), "--cores", "2", "--resources", "gpu=1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cfg = yaml.safe_load(config.read_text())
+    out = folder / cfg["study"]["output_dir"]
+    if done.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in sorted((out / "logs").rglob("*.log")) if "rror" in p.read_text())
+        pytest.fail(f"snakemake failed ({done.returncode}):\n{done.stderr[-3000:]}\n{logs}")
+    return cfg, out
+
+
+def summaries(out: Path, variant: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "models" / variant).glob("fold*/summary.json"))]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("study", STUDIES, ids=[p.stem for p in STUDIES])
+def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None:
+    cfg, out = run_study(study, tmp_path, None if ALL_VARIANTS else CORE[study.stem])
+
+    assert cfg["study"]["output_dir"] == f"results/studies/{study.stem}" and cfg["study"]["name"] == study.stem
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sorted(metrics["variants"]) == sorted(cfg["variants"])
+    assert (out / "report" / "index.html").stat().st_size > 0
+    for name in cfg["variants"]:
+        folds = summaries(out, name)
+        assert len(folds) == 2
+        for summary in folds:
+            assert summary["params_trainable"] > 0 and summary["params_frozen"] >= 0
+            assert 1 <= summary["best_epoch"] <= summary["epochs_run"] <= 2
+    assert (tmp_path / "mlflow.db").is_file()
+
+    # What makes each study the study it is, checked on its outputs.
+    if study.stem == "mobilenet-frozen":
+        frozen, tuned = summaries(out, "mobilenet-frozen")[0], summaries(out, "mobilenet-finetuned")[0]
+        assert frozen["encoder_frozen"] and not tuned["encoder_frozen"]
+        assert frozen["params_frozen"] > 0 and tuned["params_frozen"] == 0
+        assert frozen["params_frozen"] + frozen["params_trainable"] == tuned["params_trainable"]
+        assert summaries(out, "mobilenet-frozen-then-finetuned")[0]["encoder_unfrozen_at_epoch"] == 1
+        assert list((out / "pretrain").glob("*/weights.pt"))
+    if study.stem == "augmentation-grid":
+        assert not (out / "models" / "no-augmentation" / "fold0" / "augmentation.png").exists()
+        assert (out / "models" / "vflip-0.5-blur" / "fold0" / "augmentation.png").stat().st_size > 0
+    if study.stem == "multiclass-colorization":
+        assert summaries(out, "colorization-augmented")[0]["train_samples_per_epoch"] == 3 * summaries(out, "scratch")[0]["train_samples_per_epoch"]
+        assert summaries(out, "colorization-augmented")[0]["init_tensors_loaded"] > 0
+    if study.stem == "unet-vs-resnet34":
+        summary = summaries(out, "resnet34-unet-ce-2logit")[0]
+        assert summary["checkpoint_metric"] == "val_dice" and summary["monitor"] == "val_loss"
+        assert summary["params_trainable"] > 20_000_000  # a ResNet34 encoder, not the small U-Net
+    if study.stem == "unet-ablation":
+        assert (out / "models" / "unet-bce-bn-aug" / "fold0" / "augmentation.png").is_file()
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_variant_of_every_study_builds(study: Path) -> None:
+    """Each variant resolves, and its model, loss and augmentation build and run on one batch."""
+    import torch
+
+    from seglab.config import load_config
+    from seglab.data.transforms import build_augmentation
+    from seglab.losses import build_loss
+    from seglab.models import build_model, output_channels
+
+    cfg = load_config(study)
+    assert set(CORE[study.stem]) <= set(cfg["variants"])
+    num_classes = 3 if cfg["dataset"]["builtin"]["kind"] == "instruments" else 2
+    for name, variant in cfg["variants"].items():
+        channels = output_channels(num_classes, variant["model"]["binary_head"])
+        model = build_model(variant["model"], 3, channels).train()
+        logits = model(torch.randn(2, 3, 32, 32))
+        loss = build_loss(variant["loss"], num_classes, None)(logits, torch.randint(0, num_classes, (2, 32, 32)))
+        assert logits.shape == (2, channels, 32, 32) and torch.isfinite(loss), name
+        build_augmentation(variant["augmentation"], 0)
