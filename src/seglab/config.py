@@ -176,11 +176,14 @@ def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
     """
     size = cfg["preprocess"]["size"]
     for name, variant in cfg["variants"].items():
-        factor = 2 ** variant["model"]["depth"]
+        model = variant["model"]
+        # U-Nets halve `depth` times; smp encoders `encoder_depth` times (5 by default).
+        depth = model["depth"] if "depth" in model else model.get("encoder_depth", 5)
+        factor = 2 ** depth
         if size % factor:
             raise ConfigError(
                 f"{source}: key 'preprocess.size': {size} is not divisible by {factor}, which variant '{name}' "
-                f"(model.depth {variant['model']['depth']}) needs. Use a multiple of {factor} (e.g. {size // factor * factor or factor}) "
+                f"(model depth {depth}) needs. Use a multiple of {factor} (e.g. {size // factor * factor or factor}) "
                 "or a smaller depth."
             )
 
