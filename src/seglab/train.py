@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_checkpoint
 from .config import config_hash
-from .data.dataset import ColorizationDataset, PreparedData, SegmentationDataset
-from .data.splits import fold_ids
 from .config import ConfigError
 from .data.augmented import ArrayDataset, Repeated, augmentation_grid, offline_copies
 from .data.colour import ab_to_unit, colorization_refusal, lab_to_rgb, rgb_to_lab, unit_to_ab
+from .data.dataset import ColorizationDataset, PreparedData, SegmentationDataset
+from .data.io import IGNORE
+from .data.splits import fold_ids
 from .data.transforms import build_augmentation
 from .data.io import sha256_file
 from .engine import EarlyStopping, Precision, fit, monitor_mode
@@ -210,11 +211,14 @@ def train_fold(
     if cfg_train["freeze_encoder"]:
         set_encoder_trainable(model, False)
     model.to(device)
-    loss_fn = build_loss(variant["loss"], data.num_classes, data.ignore_index)
+    # Augmentation fills pixels it invents (rotation borders ...) with IGNORE even when the
+    # dataset has no ignore label, so training always ignores IGNORE; no real label equals it.
+    ignore = data.ignore_index if data.ignore_index is not None else IGNORE
+    loss_fn = build_loss(variant["loss"], data.num_classes, ignore)
     # Every parameter goes to the optimiser: frozen ones get no gradient, hence no update,
     # and start moving as soon as the encoder is unfrozen.
     optimizer = build_optimizer(variant["optimizer"], model.parameters())
-    metrics = MetricAccumulator(data.num_classes, data.ignore_index, foreground_classes(data))
+    metrics = MetricAccumulator(data.num_classes, ignore, foreground_classes(data))
     params = count_parameters(model)
     stopper, selector = build_stoppers(cfg_train)
     schedule = build_schedule(variant["schedule"], variant["optimizer"]["lr"], cfg_train["epochs"], stopper.mode)
