@@ -125,10 +125,11 @@ def test_second_repro_is_up_to_date(project):
 
 def test_metrics_and_plots_read_the_pipeline_files(project):
     shown = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
-    assert numbers(shown["workspace"]["data"]["results/metrics.json"]["data"]) == numbers(read_metrics(project))
+    assert numbers(next(iter(shown.values()))["data"]["results/metrics.json"]["data"]) == numbers(read_metrics(project))
     sh(project, "dvc", "plots", "show", "--out", "dvc_plots")
     html = (project / "dvc_plots" / "index.html").read_text()
-    assert "results/curves.csv" in html and "val_loss" in html
+    # dvc.yaml's plot of results/curves.csv: its title and one of its y columns.
+    assert "Learning curves (every variant and fold)" in html and "val_loss" in html
 
 
 def test_mlflow_records_every_run_of_the_study(project):
@@ -207,7 +208,7 @@ def test_push_then_pull_on_a_fresh_clone_needs_no_rerun(project, tmp_path):
     # `make pull`: dvc pull, then mark the pulled results up to date for Snakemake.
     # STAMP= drops the target's "install the venv" prerequisite: the test's venv is already there.
     out = sh(clone, "make", "pull", f"VENV={VENV_BIN.parent}", "STAMP=").stdout
-    assert "marked up to date" in out
+    assert "pulled results marked up to date" in out
 
     for pattern in ("data/raw/builtin-lesions/images/*", "results/models/*/fold*/best.pt", "results/pretrain/*/weights.pt"):
         pulled = sorted(p.relative_to(clone) for p in clone.glob(pattern))
@@ -229,6 +230,6 @@ def test_pull_does_not_hide_a_changed_config(project, tmp_path):
     cfg["variants"]["scratch"] = {"loss": {"name": "dice"}}
     write_yaml(clone / "config.yaml", cfg)
     out = sh(clone, "make", "pull", f"VENV={VENV_BIN.parent}", "STAMP=").stdout
-    assert "differ from dvc.lock" in out and "marked up to date" not in out
+    assert "differ from dvc.lock" in out and "pulled results marked up to date" not in out
     dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1")
     assert job_counts(dry.stdout + dry.stderr)["train"] >= 2  # Snakemake still sees work to do
