@@ -15,15 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError, config_hash, flatten, read_json
-
-
-def _tags(pairs: list[str]) -> dict[str, str]:
-    tags = {}
-    for pair in pairs or []:
-        key, _, value = pair.partition("=")
-        tags[f"snakemake.{key}"] = value
-    return tags
+from .config import ConfigError, read_json
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -75,6 +67,7 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from .gpu_slots import pin_visible_gpu
+    from .records import config_params, input_tags, record_pretraining, snakemake_tags
     from .runtime import set_threads
     from .tracking import open_run
     from .train import pretrain_colorization
@@ -82,15 +75,22 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     slot = pin_visible_gpu()  # noqa: F841 (held until the process exits)
     set_threads(args.threads)
     cfg = read_json(args.config)
-    name = Path(args.out).name
+    out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
     study = cfg["study"]["name"]
-    run = open_run(cfg["tracking"], study, f"{study}/pretrain/{name}", f"pretrain-{name}",
-                   tags={"seglab.stage": "pretrain", "seglab.config_hash": config_hash(cfg), **_tags(args.tag)})
-    _finish(run, lambda: pretrain_colorization(cfg, Path(args.prepared), read_json(args.splits), Path(args.out), run))
+    tags = {"seglab.stage": "pretrain", **input_tags(cfg, prepared, splits), **snakemake_tags(args.tag)}
+    run = open_run(cfg["tracking"], study, f"{study}/pretrain/{out.name}", f"pretrain-{out.name}", tags=tags)
+    run.log_params(config_params(cfg, prepared))
+
+    def work() -> None:
+        pretrain_colorization(cfg, prepared, splits, out, run)
+        record_pretraining(run, cfg, out)
+
+    _finish(run, work)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .gpu_slots import pin_visible_gpu
+    from .records import config_params, input_tags, record_fold, snakemake_tags
     from .runtime import set_threads
     from .tracking import open_run
     from .train import train_fold
@@ -99,40 +99,60 @@ def cmd_train(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     cfg = read_json(args.config)
     study, variant = cfg["study"]["name"], cfg["variant"]
-    splits = read_json(args.splits)
-    tags = {
-        "seglab.stage": "train", "seglab.variant": variant, "seglab.fold": args.fold,
-        "seglab.config_hash": config_hash(cfg), "seglab.splits_hash": config_hash(splits),
-        "seglab.data_hash": config_hash(read_json(Path(args.prepared) / "fingerprint.json")), **_tags(args.tag),
-    }
+    out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
+    tags = {"seglab.stage": "train", "seglab.variant": variant, "seglab.fold": args.fold,
+            **input_tags(cfg, prepared, splits), **snakemake_tags(args.tag)}
     run = open_run(cfg["tracking"], study, f"{study}/{variant}/fold{args.fold}", f"{variant}-fold{args.fold}",
                    parent_key=f"{study}/{variant}", tags=tags)
-    run.log_params(flatten({k: v for k, v in cfg.items() if k not in ("tracking",)}))
+    run.log_params(config_params(cfg, prepared))
     init = Path(args.init) if args.init else None
-    _finish(run, lambda: train_fold(cfg, Path(args.prepared), splits, args.fold, Path(args.out), init, run))
+
+    def work() -> None:
+        train_fold(cfg, prepared, splits, args.fold, out, init, run)
+        record_fold(run, cfg, out, args.fold, prepared)
+
+    _finish(run, work)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_variant
+    from .records import (config_params, evaluation_metrics, input_tags, record_evaluation,
+                          record_variant_curves, snakemake_tags)
     from .runtime import set_threads
     from .tracking import open_run
 
     set_threads(args.threads)
     cfg = read_json(args.config)
     study, variant = cfg["study"]["name"], cfg["variant"]
+    out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
     folds = [Path(d) for d in args.fold_dirs]
     summaries = [read_json(d / "summary.json") for d in folds]
-    # The variant's parent run is opened first so that metrics.json can name it.
-    run = open_run(cfg["tracking"], study, f"{study}/{variant}", variant,
-                   tags={"seglab.stage": "variant", "seglab.variant": variant, "seglab.config_hash": config_hash(cfg)})
-    metrics = evaluate_variant(cfg, Path(args.prepared), read_json(args.splits), [d / "best.pt" for d in folds],
-                               summaries, Path(args.out), tta=args.tta, run_id=run.run_id)
-    run.log_params(flatten({k: v for k, v in cfg.items() if k not in ("tracking",)}))
-    run.log_metrics({f"test_{k}": v for k, v in metrics["test"]["ensemble"].items()})
-    run.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
-    run.log_metrics({f"cv_{k}": v for k, v in metrics["cv"].items() if isinstance(v, (int, float))})
-    for name in ("per_image.csv", "oof_per_image.csv", "per_class.csv"):
-        run.log_artifact(Path(args.out) / name)
+    tags = {"seglab.variant": variant, **input_tags(cfg, prepared, splits)}
+    # The variant's parent run keeps the headline numbers for comparing variants, and its id
+    # goes into metrics.json so the report links every number to its run.
+    parent = open_run(cfg["tracking"], study, f"{study}/{variant}", variant,
+                      tags={"seglab.stage": "variant", **tags}, monitor=False)
+    # Evaluation is its own child run, so re-evaluating (e.g. with --tta) is one record with its
+    # own tags, beside the folds it evaluates.
+    run = open_run(cfg["tracking"], study, f"{study}/{variant}/evaluate", f"{variant}-evaluate",
+                   parent_key=f"{study}/{variant}", tags={"seglab.stage": "evaluate", **tags, **snakemake_tags(args.tag)})
+    run.log_params({**config_params(cfg, prepared), "tta": args.tta})
+
+    def work() -> dict:
+        metrics = evaluate_variant(cfg, prepared, splits, [d / "best.pt" for d in folds], summaries, out,
+                                   tta=args.tta, run_id=parent.run_id)
+        run.log_metrics(evaluation_metrics(metrics))
+        run.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
+        record_evaluation(run, cfg, out, prepared, splits)
+        for name in ("oof_per_image.csv", "per_class.csv"):
+            run.log_artifact(out / name)
+        return metrics
+
+    metrics = _finish(run, work)
+    parent.log_params(config_params(cfg, prepared))
+    parent.log_metrics({k: v for k, v in evaluation_metrics(metrics).items() if not k.startswith("test_fold")})
+    parent.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
+    record_variant_curves(parent, variant, folds)
     ensemble = metrics["test"]["ensemble"]
     print(f"{variant}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(folds)} folds"
           f"{', flip TTA' if args.tta else ''}); pooled out-of-fold Dice {metrics['oof']['pooled']['dice']:.4f}")
@@ -305,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tta", action="store_true", help="average over flips at test time")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tag", action="append", help="key=value recorded on the MLflow run")
     p = command("aggregate", cmd_aggregate, "study metrics and learning curves")
     p.add_argument("--eval-dirs", nargs="+", required=True)
     p.add_argument("--fold-dirs", nargs="+", required=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -27,12 +28,25 @@ def resolve_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
-def git_commit(cwd: Path | None = None) -> str:
+def _git(args: list[str], cwd: Path | None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    return (_git(["rev-parse", "HEAD"], cwd) or "").strip() or "unknown"
+
+
+def git_tags(cwd: Path | None = None) -> dict[str, str]:
+    """The commit (also as MLflow's own source tag, so the UI shows it) and whether the tree
+    had uncommitted changes: a dirty tree means the commit alone does not reproduce the run."""
+    commit = git_commit(cwd)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    dirty = "unknown" if status is None else str(bool(status.strip())).lower()
+    return {"seglab.commit": commit, "mlflow.source.git.commit": commit, "seglab.git_dirty": dirty}
 
 
 def _retry(call: Callable[[], T], attempts: int = 30) -> T:
@@ -61,9 +75,11 @@ def _lock(uri: str) -> FileLock:
 class Run:
     """A handle on one MLflow run; every call is retried on a locked store."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, uri: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        self.uri = uri
+        self._monitor: Any = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -97,7 +113,49 @@ class Run:
         if Path(path).exists():
             _retry(lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """An in-memory artifact (a PNG, a JSON) stored as ``artifact_file`` in the run."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.log_artifact(path, folder or None)
+
+    def log_pytorch_model(self, model: Any, name: str = "model", pip_requirements: list[str] | None = None,
+                          input_example: Any = None) -> None:
+        """``mlflow.pytorch.log_model`` into this run (only when ``tracking.log_model`` asks:
+        the weights are versioned by DVC; this is a convenience copy for MLflow serving)."""
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.uri or self.client.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
+            # Explicit requirements: inferring them imports the model in a subprocess (slow).
+            # Pickle, not the traced pt2 format: tracing a U-Net takes tens of seconds on a CPU.
+            _retry(lambda: mlflow.pytorch.log_model(model, name=name, pip_requirements=pip_requirements,
+                                                    input_example=input_example, serialization_format="pickle"))
+        # Leaving start_run() ended the run; the stage ends it itself (FINISHED or FAILED).
+        _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+
+    def start_system_metrics(self, interval_s: float) -> bool:
+        """Sample CPU, memory, disk, network (and GPU, where pynvml is installed) every
+        ``interval_s`` seconds as ``system/*`` metrics. Optional: needs psutil; returns False
+        where unavailable. The monitor is a daemon thread; a failed write only stops it."""
+        try:
+            import psutil  # noqa: F401  (mlflow's monitors need it; it may be absent)
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            return False
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
+                                             tracking_uri=self.uri or self.client.tracking_uri)
+        self._monitor.start()
+        return True
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            # Stop sampling before the run ends: the monitor flushes its last samples.
+            self._monitor.finish()
+            self._monitor = None
         _retry(lambda: self.client.set_terminated(self.run_id, status))
 
 
@@ -112,6 +170,11 @@ class NullRun(Run):
     def logged_steps(self, key: str) -> set[int]: return set()
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
+    def log_bytes(self, data: bytes, artifact_file: str) -> None: ...
+    def log_pytorch_model(self, model: Any, name: str = "model", pip_requirements: list[str] | None = None,
+                          input_example: Any = None) -> None: ...
+    def start_system_metrics(self, interval_s: float) -> bool:
+        return False
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -152,7 +215,7 @@ class Tracker:
             if parent_key is not None:
                 parent_id = self._find(parent_key) or self._create(parent_key, parent_key.split("/")[-1], None, {})
             run_id = self._find(key) or self._create(key, name, parent_id, tags or {})
-        run = Run(self.client, run_id)
+        run = Run(self.client, run_id, self.uri)
         if _retry(lambda: self.client.get_run(run_id)).info.status != "RUNNING":
             _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
         if tags:
@@ -184,9 +247,13 @@ def open_tracker(tracking_cfg: dict[str, Any], experiment: str) -> Tracker | Non
 
 
 def open_run(tracking_cfg: dict[str, Any], experiment: str, key: str, name: str,
-             parent_key: str | None = None, tags: dict[str, Any] | None = None) -> Run:
+             parent_key: str | None = None, tags: dict[str, Any] | None = None, monitor: bool = True) -> Run:
+    """Open (or continue) the run ``key``; with ``tracking.system_metrics`` it samples the machine."""
     tracker = open_tracker(tracking_cfg, experiment)
     if tracker is None:
         return NullRun()
-    base = {"seglab.commit": git_commit(), "seglab.study": experiment}
-    return tracker.open(key, name, parent_key, {**base, **(tags or {})})
+    base = {**git_tags(), "seglab.study": experiment}
+    run = tracker.open(key, name, parent_key, {**base, **(tags or {})})
+    if monitor and tracking_cfg.get("system_metrics", False):
+        run.start_system_metrics(float(tracking_cfg.get("system_metrics_interval", 10.0)))
+    return run

@@ -26,7 +26,8 @@ rule evaluate:
     threads: 1
     shell:
         "{SEGLAB} evaluate --config {input.config} --prepared {PREPARED} --splits {input.splits}"
-        " --fold-dirs {params.fold_dirs} --out {OUT}/eval/{wildcards.variant} {params.tta} --threads {threads} > {log} 2>&1"
+        " --fold-dirs {params.fold_dirs} --out {OUT}/eval/{wildcards.variant} {params.tta} --threads {threads}"
+        " --tag rule=evaluate --tag variant={wildcards.variant} > {log} 2>&1"
 
 
 rule aggregate:

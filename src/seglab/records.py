@@ -1,0 +1,163 @@
+"""What each stage records in its MLflow run, read from the files the stage wrote.
+
+The training and evaluation code only calls ``run.log_metrics`` per epoch; everything a
+run is described by afterwards (tags, the resolved config, curves, overlays, the weights'
+path and sha256) is added here from the stage's output files, so the record always
+matches what is on disk. ``run`` is a ``tracking.Run`` or ``NullRun``: this module does
+not import mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import config_hash, flatten, read_json
+
+
+def device_tag(preference: str) -> str:
+    """The device a job will use, as recorded on its run: ``cpu`` or ``cuda:<GPU name>``."""
+    import torch
+
+    from .runtime import select_device
+
+    device = select_device(preference)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def snakemake_tags(pairs: list[str] | None) -> dict[str, str]:
+    """``--tag rule=train --tag fold=0`` from a Snakemake rule -> ``snakemake.rule``, ``snakemake.fold``."""
+    tags = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        tags[f"snakemake.{key}"] = value
+    return tags
+
+
+def input_tags(cfg: dict[str, Any], prepared: Path | None = None, splits: dict[str, Any] | None = None) -> dict[str, str]:
+    """Hashes that identify a run's inputs: its resolved config, the prepared data, the split."""
+    tags = {"seglab.config_hash": config_hash(cfg), "seglab.device": device_tag(cfg["study"]["device"])}
+    if prepared is not None:
+        tags["seglab.data_hash"] = config_hash(read_json(prepared / "fingerprint.json"))
+    if splits is not None:
+        tags["seglab.splits_hash"] = config_hash(splits)
+    return tags
+
+
+def config_params(cfg: dict[str, Any], prepared: Path | None = None) -> dict[str, Any]:
+    """The job's whole resolved config, flattened (``loss.name``, ``train.epochs`` ...), and
+    the facts of the prepared data it trained on (``data.num_images`` ...)."""
+    params = flatten({k: v for k, v in cfg.items() if k != "tracking"})
+    if prepared is not None:
+        fp = read_json(prepared / "fingerprint.json")
+        params.update({f"data.{k}": fp[k] for k in ("num_images", "size", "policy", "num_classes") if k in fp})
+        params["data.classes"] = json.dumps(fp.get("classes"))
+    return params
+
+
+def record_config(run: Any, cfg: dict[str, Any], name: str) -> None:
+    """The resolved config the job read, as ``config/<name>.json``."""
+    run.log_bytes((json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n").encode(), f"config/{name}.json")
+
+
+def record_weights(run: Any, path: Path) -> None:
+    """Weights stay in DVC; the run records where they are and their sha256 (from the sidecar)."""
+    from .checkpoint import sidecar
+    from .data.io import sha256_file
+
+    side = sidecar(path)
+    digest = side.read_text().split()[0] if side.is_file() else sha256_file(path)
+    run.set_tags({"seglab.weights": str(path), "seglab.weights_sha256": digest})
+
+
+def record_fold(run: Any, cfg: dict[str, Any], out_dir: Path, fold: int, prepared: Path) -> None:
+    """A finished fold: learning-curve PNG, resolved config, weights path/sha256, and the model
+    itself when ``tracking.log_model`` asks for it."""
+    from .report import figures
+
+    history = pd.read_csv(out_dir / "history.csv")
+    history.insert(0, "fold", fold)
+    history.insert(0, "variant", cfg["variant"])
+    run.log_bytes(figures.learning_curves(history, cfg["variant"]), "plots/learning_curves.png")
+    record_config(run, cfg, "variant")
+    record_weights(run, out_dir / "best.pt")
+    if cfg["tracking"].get("log_model"):
+        import numpy as np
+
+        fp = read_json(prepared / "fingerprint.json")
+        model = load_fold_model(cfg, out_dir / "best.pt", fp["num_classes"])
+        # An example input lets MLflow record the model's signature (input and output shapes).
+        example = np.zeros((1, 3, fp["size"], fp["size"]), dtype=np.float32)
+        run.log_pytorch_model(model, "model", _pip_requirements(), example)
+
+
+def load_fold_model(cfg: dict[str, Any], checkpoint: Path, num_classes: int) -> Any:
+    from .checkpoint import load_checkpoint
+    from .models import build_model, output_channels
+
+    model = build_model(cfg["model"], 3, output_channels(num_classes, cfg["model"]["binary_head"]))
+    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    return model.eval()
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("torch", "seglab"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:  # seglab run from a source tree, not installed
+            pass
+    return pins
+
+
+def record_pretraining(run: Any, cfg: dict[str, Any], out_dir: Path) -> None:
+    from .report import figures
+
+    run.log_bytes(figures.pretrain_curve(pd.read_csv(out_dir / "history.csv")), "plots/learning_curve.png")
+    record_config(run, cfg, "pretrain")
+    record_weights(run, out_dir / "weights.pt")
+
+
+def evaluation_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Every test score of every model (``test_<metric>`` for the fold ensemble, per class
+    included; ``test_fold<k>_<metric>`` per fold model) and the CV summary (``cv_*``)."""
+    out: dict[str, float] = {}
+    for model, scores in metrics["test"].items():
+        prefix = "test_" if model == "ensemble" else f"test_{model}_"
+        out.update({prefix + k: v for k, v in scores.items() if isinstance(v, (int, float))})
+    out.update({f"cv_{k}": v for k, v in metrics["cv"].items() if isinstance(v, (int, float))})
+    return out
+
+
+def record_evaluation(run: Any, cfg: dict[str, Any], eval_dir: Path, prepared: Path, splits: dict[str, Any]) -> None:
+    """The evaluation run: per-image CSV, metrics JSON, sample overlays, resolved config."""
+    from .data.dataset import PreparedData
+    from .report import figures
+    from .report.document import sample_rows
+
+    run.log_artifact(eval_dir / "per_image.csv")
+    run.log_artifact(eval_dir / "metrics.json")
+    data = PreparedData(prepared)
+    rows = sample_rows(data, splits["test"], eval_dir)
+    run.log_bytes(figures.sample_grid(rows, data.num_classes), "plots/sample_overlays.png")
+    record_config(run, cfg, "variant")
+
+
+def record_variant_curves(run: Any, variant: str, fold_dirs: list[Path]) -> None:
+    """Every fold's learning curve of one variant in one PNG, on the variant's parent run."""
+    from .report import figures
+
+    frames = []
+    for k, folder in enumerate(fold_dirs):
+        frame = pd.read_csv(folder / "history.csv")
+        frame.insert(0, "fold", int(folder.name.removeprefix("fold")) if folder.name.startswith("fold") else k)
+        frame.insert(0, "variant", variant)
+        frames.append(frame)
+    run.log_bytes(figures.learning_curves(pd.concat(frames, ignore_index=True), variant), "plots/learning_curves.png")
