@@ -87,8 +87,9 @@ def test_changing_one_variant_reruns_only_its_jobs(finished_study, tmp_path):
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-2000:]
     jobs = job_counts(out)
-    # Only the changed variant's two folds, its evaluation and the study-level steps re-run.
-    assert jobs == {"train": 2, "evaluate": 1, "aggregate": 1, "report": 1, "all": 1, "total": 6}, jobs
+    # Only the changed variant's two folds, its evaluation and the study-level steps (aggregate,
+    # compare, report) re-run.
+    assert jobs == {"train": 2, "evaluate": 1, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 7}, jobs
     assert "results/models/scratch/fold0/best.pt" in out and "results/models/colorized/fold0/best.pt" not in out.split("rule aggregate")[0]
     # Leave the study as the module fixture wrote it.
     write_yaml(configfile, tiny_study())
