@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError, read_json
+from .config import ConfigError, config_hash, read_json
 
 
 def cmd_download(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,7 +73,7 @@ def restore_size(probs: torch.Tensor, orig_h: int, orig_w: int, size: int, polic
                                            align_corners=False)[0]
 
 
-def colour_overlay(image: "np.ndarray", labels: "np.ndarray", num_classes: int) -> "np.ndarray":
+def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Image with each foreground class tinted in its own colour (class 0 left as is)."""
     import numpy as np
     from matplotlib import colormaps
