@@ -41,7 +41,6 @@ from .models.freeze import set_encoder_trainable
 from .models.weights import initialise
 from .runtime import seed_everything, select_device
 from .schedule import build_schedule
-from .report import figures
 from .resume import ResumeStore, restore_training, training_state
 from .tracking import NullRun, Run
 
@@ -332,6 +331,8 @@ def pretrain_colorization(
 
     model.load_state_dict(load_checkpoint(weights, device)["model"])
     samples = colorization_samples(model, val_set, device, n=min(6, len(val_set)), target=target)
+    from .report import figures  # matplotlib (~0.5 s) only for the pretraining job's figure
+
     (out_dir / "samples.png").write_bytes(figures.colorization_grid(samples))
     summary = {"best_epoch": stopper.best_epoch, "best_val_mse": stopper.best, "target": target,
                "train_images": len(train_ids), "val_images": len(val_ids), "run_id": run.run_id}

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from .io import DataError
 
@@ -39,6 +38,9 @@ def _group_folds(ids: np.ndarray, strata: np.ndarray, groups: np.ndarray, k: int
         raise DataError(f"only {n_groups} groups for {k} folds. Lower split.folds or add images.")
     bins = min(len(np.unique(strata)), max(1, n_groups // k))
     strata = np.minimum(strata * bins // max(strata.max() + 1, 1), bins - 1)
+    # Imported here: scikit-learn takes ~1 s to import and only the split stage needs it.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Small datasets have strata with fewer members than folds; the split is still valid.

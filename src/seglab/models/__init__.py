@@ -17,7 +17,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .encoder_decoder import plain_decoder_model, smp_model
 from .unet import UNet
 
 HEAD_PREFIXES = ("head.", "segmentation_head.")
@@ -37,10 +36,24 @@ def _unet(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module
     )
 
 
+def _smp(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
+    # segmentation-models-pytorch pulls in timm and torchvision (~1.5 s): every training job
+    # imports this package, so only the jobs that build an smp model pay for it.
+    from .encoder_decoder import smp_model
+
+    return smp_model(cfg, in_channels, out_channels)
+
+
+def _plain_decoder(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
+    from .encoder_decoder import plain_decoder_model
+
+    return plain_decoder_model(cfg, in_channels, out_channels)
+
+
 MODELS: dict[str, Callable[[dict[str, Any], int, int], nn.Module]] = {
     "unet": _unet,
-    "smp": smp_model,
-    "plain_decoder": plain_decoder_model,
+    "smp": _smp,
+    "plain_decoder": _plain_decoder,
 }
 
 # Models whose encoder is an smp encoder, hence can start from ImageNet weights.
