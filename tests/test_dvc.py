@@ -176,7 +176,7 @@ def test_exp_run_changes_one_key_and_reruns_only_what_depends_on_it(project):
     models_before = mtimes(project, "results/models/*/fold*/best.pt")
     run = sh(project, "dvc", "exp", "run", "-n", "three-epochs", "-S", "config.yaml:defaults.train.epochs=3")
     # DVC re-ran its stage; Snakemake then re-ran the trainings and what reads them, nothing upstream.
-    assert job_counts(run.stdout + run.stderr) == {"train": 4, "evaluate": 2, "aggregate": 1, "report": 1, "all": 1, "total": 9}
+    assert job_counts(run.stdout + run.stderr) == {"train": 4, "evaluate": 2, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 10}
     assert mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/*/weights.pt") == data_before
     models_after = mtimes(project, "results/models/*/fold*/best.pt")
     assert models_after.keys() == models_before.keys() and all(models_after[k] != models_before[k] for k in models_before)
