@@ -36,8 +36,13 @@ MODEL_CONFIGS = {
     "unet32": {"name": "unet", "base": 32, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
     "unet64": {"name": "unet", "base": 64, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
     "unet8": {"name": "unet", "base": 8, "depth": 3, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
-    "resnet34unet": {"name": "smp", "arch": "Unet", "encoder": "resnet34", "encoder_weights": None},
+    "resnet34unet": {"name": "smp", "arch": "Unet", "encoder": "resnet34"},
 }
+
+
+def resolved_model(cfg: dict) -> dict:
+    """The model block with every schema default filled, as a study would run it."""
+    return validate({"variants": {"v": {"model": cfg}}})["variants"]["v"]["model"]
 
 
 def prepared_cache(folder: Path, size: int, count: int) -> PreparedData:
@@ -102,7 +107,7 @@ def main() -> None:
         for size in args.sizes:
             data = prepared_cache(Path(tmp) / str(size), size, args.batch * args.steps)
             for name in args.models:
-                cfg = MODEL_CONFIGS[name]
+                cfg = resolved_model(MODEL_CONFIGS[name])
                 if cfg["name"] not in MODELS:
                     print(json.dumps({"model": name, "skipped": f"model.name {cfg['name']!r} not in this build"}))
                     continue
