@@ -20,69 +20,40 @@ from pathlib import Path
 
 import torch
 
-from seglab.config import validate
+from common import MODEL_CONFIGS, prepared_cache, resolved_model, sync
 from seglab.data.dataset import PreparedData, SegmentationDataset
-from seglab.data.preprocess import preprocess
-from seglab.data.sources import fetch_dataset
 from seglab.data.transforms import build_augmentation
-from seglab.data.verify import verify_dataset
-from seglab.engine import Precision, run_epoch
+from seglab.engine import Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import MODELS, build_model
 from seglab.runtime import select_device
 from seglab.train import make_loader
 
-MODEL_CONFIGS = {
-    "unet32": {"name": "unet", "base": 32, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
-    "unet64": {"name": "unet", "base": 64, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
-    "unet8": {"name": "unet", "base": 8, "depth": 3, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
-    "resnet34unet": {"name": "smp", "arch": "Unet", "encoder": "resnet34"},
-}
 
-
-def resolved_model(cfg: dict) -> dict:
-    """The model block with every schema default filled, as a study would run it."""
-    return validate({"variants": {"v": {"model": cfg}}})["variants"]["v"]["model"]
-
-
-def prepared_cache(folder: Path, size: int, count: int) -> PreparedData:
-    """The built-in data through the real download -> verify -> preprocess stages."""
-    cfg = validate({"dataset": {"builtin": {"count": count, "size": size}}, "variants": {"v": {}}})
-    fetch_dataset(cfg["dataset"], folder / "raw")
-    report = verify_dataset(folder / "raw", cfg["dataset"], "fail")
-    preprocess(report, size, "resize", folder / "prepared")
-    return PreparedData(folder / "prepared")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def bare(model, batch: int, size: int, steps: int, device, precision: Precision) -> float:
+def bare(model, batch: int, size: int, steps: int, device, execution: Execution) -> float:
     x = torch.randn(batch, 3, size, size, device=device)
     y = (torch.rand(batch, size, size, device=device) > 0.5).long()
     loss_fn = build_loss({"name": "bce"}, 2, None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    run_epoch(model, [(x, y)], loss_fn, precision, opt)  # warm-up
-    _sync(device)
+    run_epoch(model, [(x, y)], loss_fn, execution, opt)  # warm-up
+    sync(device)
     start = time.perf_counter()
-    run_epoch(model, [(x, y)] * steps, loss_fn, precision, opt)
-    _sync(device)
+    run_epoch(model, [(x, y)] * steps, loss_fn, execution, opt)
+    sync(device)
     return batch * steps / (time.perf_counter() - start)
 
 
-def full(model, data: PreparedData, batch: int, steps: int, device, precision: Precision, workers: int) -> float:
+def full(model, data: PreparedData, batch: int, steps: int, device, execution: Execution, workers: int) -> float:
     ids = list(data.manifest["id"])[: batch * steps]
     dataset = SegmentationDataset(data, ids, build_augmentation({"preset": "flip"}, 0))
     loader = make_loader(dataset, batch, True, 0, workers, device)
     loss_fn = build_loss({"name": "bce"}, 2, None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    run_epoch(model, [next(iter(loader))], loss_fn, precision, opt)  # warm-up
-    _sync(device)
+    run_epoch(model, [next(iter(loader))], loss_fn, execution, opt)  # warm-up
+    sync(device)
     start = time.perf_counter()
-    result = run_epoch(model, loader, loss_fn, precision, opt)
-    _sync(device)
+    result = run_epoch(model, loader, loss_fn, execution, opt)
+    sync(device)
     return len(loader) * batch / (time.perf_counter() - start) if result else 0.0
 
 
@@ -102,7 +73,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device("auto")
-    precision = Precision.for_device(device)
+    execution = Execution.for_device(device)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             data = prepared_cache(Path(tmp) / str(size), size, args.batch * args.steps)
@@ -113,12 +84,12 @@ def main() -> None:
                     continue
                 torch.manual_seed(0)
                 model = build_model(cfg, 3, 1).to(device)
-                a = statistics.median(bare(model, args.batch, size, args.steps, device, precision) for _ in range(args.repeats))
-                b = statistics.median(full(model, data, args.batch, args.steps, device, precision, args.workers)
+                a = statistics.median(bare(model, args.batch, size, args.steps, device, execution) for _ in range(args.repeats))
+                b = statistics.median(full(model, data, args.batch, args.steps, device, execution, args.workers)
                                       for _ in range(args.repeats))
                 print(json.dumps({
                     "model": name, "size": size, "batch": args.batch, "device": str(device),
-                    "precision": str(precision.dtype or torch.float32), "threads": torch.get_num_threads(),
+                    "precision": str(execution.dtype or torch.float32), "threads": torch.get_num_threads(),
                     "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
                 }), flush=True)
 

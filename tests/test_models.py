@@ -11,7 +11,7 @@ from torch import nn
 
 from seglab.checkpoint import CheckpointError, save_checkpoint
 from seglab.config import validate
-from seglab.engine import Precision, run_epoch
+from seglab.engine import Execution, run_epoch
 from seglab.models import build_model, count_parameters, output_channels
 from seglab.models.encoder_decoder import ARCHITECTURES
 from seglab.models.freeze import set_encoder_trainable
@@ -112,7 +112,7 @@ def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(model_cfg):
     encoder_before, head_before = _snapshot(model.encoder), _snapshot(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)  # frozen params included, as in train_fold
     loss = nn.BCEWithLogitsLoss()
-    run_epoch(model, _batches(), lambda o, t: loss(o[:, 0], t.float()), Precision(torch.device("cpu")), optimizer)
+    run_epoch(model, _batches(), lambda o, t: loss(o[:, 0], t.float()), Execution(torch.device("cpu")), optimizer)
 
     after = model.encoder.state_dict()
     for name, tensor in encoder_before.items():  # weights and running_mean/var/num_batches_tracked
@@ -128,10 +128,10 @@ def test_unfrozen_encoder_learns_again():
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     loss = nn.BCEWithLogitsLoss()
     set_encoder_trainable(model, False)
-    run_epoch(model, _batches(1), lambda o, t: loss(o[:, 0], t.float()), Precision(torch.device("cpu")), optimizer)
+    run_epoch(model, _batches(1), lambda o, t: loss(o[:, 0], t.float()), Execution(torch.device("cpu")), optimizer)
     before = _snapshot(model.encoder)
     set_encoder_trainable(model, True)
-    run_epoch(model, _batches(1), lambda o, t: loss(o[:, 0], t.float()), Precision(torch.device("cpu")), optimizer)
+    run_epoch(model, _batches(1), lambda o, t: loss(o[:, 0], t.float()), Execution(torch.device("cpu")), optimizer)
     after = model.encoder.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("running_mean"))
     assert any(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("weight"))

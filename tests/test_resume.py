@@ -199,3 +199,15 @@ def test_out_of_memory_suggests_a_smaller_batch(data, tmp_path, monkeypatch, cap
     err = capfd.readouterr().err
     assert err.startswith("seglab: error: out of memory") and err.count("\n") == 1
     assert f"lower {key} (now 4)" in err
+
+
+def test_worker_processes_change_nothing_even_across_a_resume(data, reference, tmp_path, monkeypatch):
+    """Two loader workers, interrupted after epoch 2 and resumed: the numbers of the
+    uninterrupted in-process run, because every augmentation draw is seeded per item."""
+    train = {**CFG["defaults"]["train"], "num_workers": 2}
+    workers = tiny_config(dataset=CFG["dataset"], defaults={**CFG["defaults"], "train": train})
+    paths = {**data, "stage": write_stage_configs(tmp_path / "workers", workers)}
+    out = tmp_path / "fold0"
+    interrupted_run(paths, out, monkeypatch, after_epoch=2)
+    assert main(train_args(paths, out)) == 0
+    assert_same_training(out, reference)

@@ -15,7 +15,7 @@ from seglab.data.preprocess import preprocess
 from seglab.data.sources import fetch_dataset
 from seglab.data.splits import fold_ids, make_splits
 from seglab.data.verify import verify_dataset
-from seglab.engine import EarlyStopping, Precision, run_epoch
+from seglab.engine import EarlyStopping, Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import build_model
 from seglab.train import train_fold
@@ -85,8 +85,8 @@ def test_one_training_step_lowers_the_loss(prepared):
     model = build_model({"name": "unet", "base": 4, "depth": 2, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"}, 3, 1)
     loss_fn = build_loss({"name": "bce"}, 2, None)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    precision = Precision.for_device(torch.device("cpu"))
-    losses = [run_epoch(model, batch, loss_fn, precision, optimizer)["loss"] for _ in range(5)]
+    execution = Execution.for_device(torch.device("cpu"))
+    losses = [run_epoch(model, batch, loss_fn, execution, optimizer)["loss"] for _ in range(5)]
     assert losses[-1] < losses[0]
 
 

@@ -19,10 +19,9 @@ from tqdm import tqdm
 from .data.dataset import normalise
 from .data.io import IMAGE_SUFFIXES, DataError, read_image
 from .data.preprocess import fit_to_size
-from .engine import Precision
+from .engine import Execution
 from .models import output_channels
 from .predict import colour_overlay, labels_from_probabilities, load_models, predict_ensemble, restore_size
-from .runtime import select_device
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -38,10 +37,9 @@ def list_images(folder: Path) -> list[Path]:
 def predict_folder(variant: dict[str, Any], fingerprint: dict[str, Any], checkpoints: list[Path], images: Path,
                    out_dir: Path, tta: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Write ``masks/<stem>.png`` and ``overlays/<stem>.png`` for every image; return one record each."""
-    device = select_device(variant["study"]["device"])
+    execution = Execution.for_study(variant["study"])
     num_classes = int(fingerprint["num_classes"])
-    models = load_models(checkpoints, variant["model"], output_channels(num_classes, variant["model"]["binary_head"]), device)
-    precision = Precision.for_device(device)
+    models = load_models(checkpoints, variant["model"], output_channels(num_classes, variant["model"]["binary_head"]), execution)
     mean = torch.tensor(fingerprint["mean"], dtype=torch.float32)
     std = torch.tensor(fingerprint["std"], dtype=torch.float32)
     size, policy = int(fingerprint["size"]), fingerprint["policy"]
@@ -52,8 +50,8 @@ def predict_folder(variant: dict[str, Any], fingerprint: dict[str, Any], checkpo
         image = read_image(path)
         h, w = image.shape[:2]
         fitted, _ = fit_to_size(image, np.zeros((h, w), np.uint8), size, policy)
-        batch = normalise(fitted, mean, std)[None].to(device)
-        probs = predict_ensemble(models, batch, precision, tta)[-1][0].cpu()
+        batch = execution.inputs(normalise(fitted, mean, std)[None])
+        probs = predict_ensemble(models, batch, execution, tta)[-1][0].cpu()
         labels = labels_from_probabilities(restore_size(probs, h, w, size, policy)[None])[0].numpy().astype(np.uint8)
         mask = labels * 255 if num_classes == 2 else labels
         Image.fromarray(mask).save(out_dir / "masks" / f"{path.stem}.png")

@@ -291,7 +291,7 @@ def stage_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "study.json": cfg,
     }
     run_common = {
-        "study": {k: study[k] for k in ("name", "seed", "device", "deterministic")},
+        "study": {k: study[k] for k in ("name", "seed", "device", "deterministic", "precision", "channels_last")},
         "tracking": cfg["tracking"],
     }
     for name, variant in cfg["variants"].items():

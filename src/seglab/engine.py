@@ -17,6 +17,7 @@ from torch import nn
 
 from .metrics import MetricAccumulator
 from .models.freeze import hold_frozen_batchnorm
+from .runtime import select_device
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
@@ -74,31 +75,65 @@ class EarlyStopping:
         return self.patience is not None and self.bad_epochs >= self.patience
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
-class Precision:
-    """Autocast settings: bf16/fp16 on CUDA, full precision on the CPU."""
+class Execution:
+    """How tensors run on the device: autocast dtype, loss scaler and memory format.
+
+    ``auto`` (the default of ``study.precision`` and ``study.channels_last``) picks what is
+    fastest where it was measured (``benchmarks/RESULTS.md``): on CUDA bf16 autocast (fp16
+    with loss scaling where bf16 is missing) and channels-last tensors, which tensor cores
+    want; on the CPU float32, and channels-last too (up to 10 % faster convolutions there).
+    """
 
     device: torch.device
     dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
+    channels_last: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "Precision":
-        if device.type != "cuda":
-            return cls(device)
-        if torch.cuda.is_bf16_supported():
-            return cls(device, torch.bfloat16)  # bf16 needs no loss scaling
-        return cls(device, torch.float16, torch.amp.GradScaler("cuda"))
+    def for_device(cls, device: torch.device, precision: str = "auto", channels_last: bool | str = "auto") -> "Execution":
+        if precision not in PRECISIONS:
+            raise ValueError(f"study.precision: unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if precision == "auto":
+            precision = "fp32" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        layout = True if channels_last == "auto" else bool(channels_last)
+        if precision == "fp32":
+            return cls(device, None, None, layout)
+        if precision == "bf16":
+            return cls(device, torch.bfloat16, None, layout)  # bf16 needs no loss scaling
+        return cls(device, torch.float16, torch.amp.GradScaler(device.type), layout)
+
+    @classmethod
+    def for_study(cls, study: dict[str, Any]) -> "Execution":
+        """From a study block: ``device``, ``precision`` and ``channels_last`` (``auto`` where a
+        config written before those keys existed lacks them)."""
+        device = select_device(study["device"])
+        return cls.for_device(device, study.get("precision", "auto"), study.get("channels_last", "auto"))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model on the device, in this memory format."""
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the device, in the model's memory format (asynchronous from pinned memory)."""
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
 
 def run_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    precision: Precision,
+    execution: Execution,
     optimizer: torch.optim.Optimizer | None = None,
     metrics: MetricAccumulator | None = None,
 ) -> dict[str, float]:
@@ -110,23 +145,23 @@ def run_epoch(
     model.train(training)
     if training:
         hold_frozen_batchnorm(model)  # a frozen encoder keeps its batch-norm statistics too
-    device = precision.device
+    device = execution.device
     total = torch.zeros((), device=device)
     count = 0
     start = time.perf_counter()
     with torch.set_grad_enabled(training):
         for images, targets in batches:
-            images = images.to(device, non_blocking=True)
+            images = execution.inputs(images)
             targets = targets.to(device, non_blocking=True)
-            with precision.autocast():
+            with execution.autocast():
                 outputs = model(images)
                 loss = loss_fn(outputs.float(), targets)
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                if precision.scaler is not None:
-                    precision.scaler.scale(loss).backward()
-                    precision.scaler.step(optimizer)
-                    precision.scaler.update()
+                if execution.scaler is not None:
+                    execution.scaler.scale(loss).backward()
+                    execution.scaler.step(optimizer)
+                    execution.scaler.update()
                 else:
                     loss.backward()
                     optimizer.step()
@@ -149,7 +184,7 @@ def fit(
     val_batches: Iterable,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
-    precision: Precision,
+    execution: Execution,
     epochs: int,
     patience: int | None,
     on_epoch: Callable[[dict[str, Any], bool], None],
@@ -183,8 +218,8 @@ def fit(
         if scheduler is not None:
             scheduler.apply(optimizer, epoch)
         start = time.perf_counter()
-        train = run_epoch(model, train_batches, loss_fn, precision, optimizer)
-        val = run_epoch(model, val_batches, loss_fn, precision, None, metrics)
+        train = run_epoch(model, train_batches, loss_fn, execution, optimizer)
+        val = run_epoch(model, val_batches, loss_fn, execution, None, metrics)
         if not math.isfinite(train["loss"]):
             raise FloatingPointError(
                 f"training loss became {train['loss']} at epoch {epoch + 1}; lower optimizer.lr"

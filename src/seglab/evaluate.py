@@ -30,15 +30,16 @@ import torch
 
 from .data.dataset import PreparedData, SegmentationDataset
 from .data.splits import fold_ids
-from .engine import Precision
+from .engine import Execution
 from .metrics import METRIC_NAMES, confusion_counts, hd95, scores_from_counts, summarize
 from .models import output_channels
 from .predict import labels_from_probabilities, load_models, predict_batch, predict_ensemble
-from .runtime import select_device
 from .stats import t_interval
 from .train import foreground_classes, make_loader
 
 PER_CLASS_METRICS = ("dice", "iou", "precision", "recall")
+# Images per inference batch: no gradients are kept, so it can be larger than training's.
+EVAL_BATCH = 32
 
 
 def per_image_table(counts: torch.Tensor, ids: list[str], foreground: list[int], model: str) -> pd.DataFrame:
@@ -95,18 +96,18 @@ def cv_summary(fold_summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def out_of_fold(models: list[torch.nn.Module], data: PreparedData, splits: dict[str, Any], device: torch.device,
+def out_of_fold(models: list[torch.nn.Module], data: PreparedData, splits: dict[str, Any], execution: Execution,
                 tta: bool) -> tuple[pd.DataFrame, torch.Tensor, list[torch.Tensor]]:
     """Each fold's model on its own validation fold: per-image table, pooled counts, counts per fold."""
     fg = foreground_classes(data)
-    precision = Precision.for_device(device)
+    device = execution.device
     tables, per_fold = [], []
     for k, model in enumerate(models):
         _, val_ids = fold_ids(splits, k)
-        loader = make_loader(SegmentationDataset(data, val_ids), 32, False, 0, 0, device)
+        loader = make_loader(SegmentationDataset(data, val_ids), EVAL_BATCH, False, 0, 0, device)
         counts = []
         for images, targets in loader:
-            labels = labels_from_probabilities(predict_batch(model, images.to(device), precision, tta))
+            labels = labels_from_probabilities(predict_batch(model, execution.inputs(images), execution, tta))
             counts.append(confusion_counts(labels, targets.to(device), data.num_classes, data.ignore_index).cpu())
         stacked = torch.cat(counts)
         per_fold.append(stacked)
@@ -127,22 +128,22 @@ def evaluate_variant(
     tta: bool = False,
     run_id: str | None = None,
 ) -> dict[str, Any]:
-    device = select_device(variant["study"]["device"])
+    execution = Execution.for_study(variant["study"])
+    device = execution.device
     data = PreparedData(prepared)
     fg = foreground_classes(data)
     classes = list(data.fingerprint["classes"])
     test_ids = splits["test"]
-    loader = make_loader(SegmentationDataset(data, test_ids), 32, False, 0, 0, device)
-    models = load_models(checkpoints, variant["model"], output_channels(data.num_classes, variant["model"]["binary_head"]), device)
+    loader = make_loader(SegmentationDataset(data, test_ids), EVAL_BATCH, False, 0, 0, device)
+    models = load_models(checkpoints, variant["model"], output_channels(data.num_classes, variant["model"]["binary_head"]), execution)
     names = [f"fold{k}" for k in range(len(models))] + ["ensemble"]
     counts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     boundary: list[float] = []
     ensemble_labels: list[np.ndarray] = []
     confusion = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
-    precision = Precision.for_device(device)
     for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        for name, probs in zip(names, predict_ensemble(models, images, precision, tta)):
+        images, targets = execution.inputs(images), targets.to(device)
+        for name, probs in zip(names, predict_ensemble(models, images, execution, tta)):
             labels = labels_from_probabilities(probs)
             counts[name].append(confusion_counts(labels, targets, data.num_classes, data.ignore_index).cpu())
             if name == "ensemble":
@@ -161,7 +162,7 @@ def evaluate_variant(
     per_image.loc[per_image["model"] == "ensemble", "hd95"] = boundary
     test["ensemble"]["hd95"] = float(np.nanmean(boundary)) if boundary else float("nan")
 
-    oof_table, oof_counts, oof_per_fold = out_of_fold(models, data, splits, device, tta)
+    oof_table, oof_counts, oof_per_fold = out_of_fold(models, data, splits, execution, tta)
     class_tables.append(per_class_table(oof_counts, classes, "oof", "pooled"))
     oof = {"pooled": summarize(oof_counts, fg),
            "per_fold": [summarize(c, fg) for c in oof_per_fold],

@@ -14,8 +14,12 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .engine import Precision
+from .engine import Execution
 from .models import build_model
+
+# Flip TTA: identity, horizontal flip, vertical flip.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
+TTA_PASSES = len(TTA_FLIPS)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -29,31 +33,50 @@ def labels_from_probabilities(probs: torch.Tensor) -> torch.Tensor:
     return probs.argmax(dim=1)
 
 
-def load_models(checkpoints: Iterable[Path], model_cfg: dict[str, Any], out_channels: int, device: torch.device) -> list[nn.Module]:
+def load_models(checkpoints: Iterable[Path], model_cfg: dict[str, Any], out_channels: int, execution: Execution) -> list[nn.Module]:
+    """The fold models, in eval mode, on the device in the execution's memory format."""
     models = []
     for path in checkpoints:
-        model = build_model(model_cfg, 3, out_channels)
-        model.load_state_dict(load_checkpoint(path, device)["model"])
-        models.append(model.to(device).eval())
+        model = build_from_state(model_cfg, out_channels, load_checkpoint(path, execution.device)["model"])
+        models.append(execution.prepare(model).eval())
     return models
 
 
+def build_from_state(model_cfg: dict[str, Any], out_channels: int, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model with ``state`` as its weights, without first drawing random ones.
+
+    Built on the meta device, a model allocates and initialises nothing (random init of a
+    ResNet34-UNet costs more than loading its weights); ``assign=True`` then adopts the
+    loaded tensors. A model with a tensor the state does not hold (a non-persistent buffer)
+    is built the ordinary way instead.
+    """
+    with torch.device("meta"):
+        model = build_model(model_cfg, 3, out_channels)
+    model.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model = build_model(model_cfg, 3, out_channels)
+        model.load_state_dict(state)
+    return model
+
+
 @torch.no_grad()
-def predict_batch(model: nn.Module, images: torch.Tensor, precision: Precision, tta: bool = False) -> torch.Tensor:
+def predict_batch(model: nn.Module, images: torch.Tensor, execution: Execution, tta: bool = False) -> torch.Tensor:
     """Probabilities of one model; with ``tta`` the mean over identity, h-flip and v-flip."""
-    with precision.autocast():
-        probs = probabilities(model(images).float())
-        if tta:
-            for dims in ((3,), (2,)):
-                probs = probs + probabilities(model(images.flip(dims)).float()).flip(dims)
-            probs = probs / 3
-    return probs
+    images = execution.inputs(images)
+    with execution.autocast():
+        probs = None
+        for dims in TTA_FLIPS if tta else ((),):
+            flipped = images.flip(dims) if dims else images
+            out = probabilities(model(flipped).float())
+            out = out.flip(dims) if dims else out
+            probs = out if probs is None else probs + out
+    return probs / TTA_PASSES if tta else probs
 
 
 @torch.no_grad()
-def predict_ensemble(models: list[nn.Module], images: torch.Tensor, precision: Precision, tta: bool = False) -> list[torch.Tensor]:
+def predict_ensemble(models: list[nn.Module], images: torch.Tensor, execution: Execution, tta: bool = False) -> list[torch.Tensor]:
     """Per-model probabilities followed by their mean (the fold ensemble), on ``images``' device."""
-    per_model = [predict_batch(m, images, precision, tta) for m in models]
+    per_model = [predict_batch(m, images, execution, tta) for m in models]
     return per_model + [torch.stack(per_model).mean(0)]
 
 

@@ -28,18 +28,18 @@ from .config import config_hash
 from .config import ConfigError
 from .data.augmented import ArrayDataset, Repeated, augmentation_grid, offline_copies
 from .data.colour import ab_to_unit, colorization_refusal, lab_to_rgb, rgb_to_lab, unit_to_ab
-from .data.dataset import ColorizationDataset, PreparedData, SegmentationDataset
+from .data.dataset import ColorizationDataset, PreparedData, SeededShuffle, SegmentationDataset
 from .data.io import IGNORE
 from .data.splits import fold_ids
 from .data.transforms import build_augmentation
 from .data.io import sha256_file
-from .engine import EarlyStopping, Precision, fit, monitor_mode
+from .engine import EarlyStopping, Execution, fit, monitor_mode
 from .losses import build_loss
 from .metrics import MetricAccumulator
 from .models import build_model, count_parameters, output_channels
 from .models.freeze import set_encoder_trainable
 from .models.weights import initialise
-from .runtime import seed_everything, select_device
+from .runtime import seed_everything
 from .schedule import build_schedule
 from .resume import ResumeStore, restore_training, training_state
 from .tracking import NullRun, Run
@@ -47,18 +47,41 @@ from .tracking import NullRun, Run
 RESUME_DIR = ".resume"
 
 
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """``train.num_workers``: a number, or ``auto``: none on the CPU, where the model is the
+    bottleneck and workers would take cores from it (benchmarks/RESULTS.md), and on CUDA
+    one per core the job was given beyond its own (at least 2, at most 8) so that batches
+    are decoded and augmented while the GPU computes."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    return min(8, max(2, torch.get_num_threads() - 1))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, workers: int, device: torch.device) -> DataLoader:
+    # Fixed generators make the batch order and the augmentation draws part of the seed,
+    # hence reproducible, and their states are what a resumed job restores. The sampler has
+    # its own, because a DataLoader draws a seed from its generator whenever an epoch starts
+    # its workers (every epoch without workers, once with persistent ones): sharing one
+    # would make the batches depend on num_workers, and a loader without a generator would
+    # draw from torch's global one and shift the dropout masks.
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        # A fixed generator makes the batch order part of the seed, hence reproducible.
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        sampler=SeededShuffle(len(dataset), torch.Generator().manual_seed(seed)) if shuffle else None,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
         drop_last=shuffle and len(dataset) > batch_size,
     )
+
+
+def loader_generators(loader: DataLoader) -> list[torch.Generator | None]:
+    """The random generators that fix a loader's epochs: its sampler's and its own."""
+    return [getattr(loader.sampler, "generator", None), loader.generator]
 
 
 def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
@@ -95,7 +118,7 @@ def fit_resumable(
     val_loader: DataLoader,
     loss_fn: Any,
     optimizer: torch.optim.Optimizer,
-    precision: Precision,
+    execution: Execution,
     epochs: int,
     patience: int,
     store: ResumeStore,
@@ -113,16 +136,16 @@ def fit_resumable(
     The engine stays free of I/O: the restored state goes in through ``start_epoch``
     and ``stopper``, and the new state comes out through the ``on_epoch`` callback.
     """
-    generators = [train_loader.generator, val_loader.generator]
+    generators = [*loader_generators(train_loader), *loader_generators(val_loader)]
     stopper = stopper or EarlyStopping(patience)
     selector = selector or stopper
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    saved = store.load(precision.device)
+    saved = store.load(execution.device)
     if saved is not None:
         start_epoch, selector, early, history = restore_training(
             saved, model=model, optimizer=optimizer, generators=generators, augment=augment,
-            scheduler=scheduler, scaler=precision.scaler,
+            scheduler=scheduler, scaler=execution.scaler,
         )
         stopper = early or selector
         # A killed job may have saved an epoch but not logged it: log what the run lacks.
@@ -138,13 +161,13 @@ def fit_resumable(
             store.save_best(model, record["epoch"])
         store.save_last(training_state(
             key=store.key, epoch=record["epoch"], model=model, optimizer=optimizer, stopper=selector,
-            history=history, generators=generators, augment=augment, scheduler=scheduler, scaler=precision.scaler,
+            history=history, generators=generators, augment=augment, scheduler=scheduler, scaler=execution.scaler,
             early_stop=stopper if stopper is not selector else None,
         ))
         run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
         print(_epoch_line(prefix, record, is_best), flush=True)
 
-    selector = fit(model, train_loader, val_loader, loss_fn, optimizer, precision, epochs, patience, on_epoch,
+    selector = fit(model, train_loader, val_loader, loss_fn, optimizer, execution, epochs, patience, on_epoch,
                    metrics, scheduler=scheduler, start_epoch=start_epoch, stopper=stopper, selector=selector,
                    on_epoch_start=on_epoch_start)
     return selector, history
@@ -195,21 +218,23 @@ def train_fold(
     study = variant["study"]
     seed = study["seed"] + fold
     seed_everything(seed, study["deterministic"])
-    device = select_device(study["device"])
+    execution = Execution.for_study(study)
+    device = execution.device
     data = PreparedData(prepared)
     train_ids, val_ids = fold_ids(splits, fold)
     cfg_train = variant["train"]
 
     train_set, augment = build_train_set(data, train_ids, variant["augmentation"], seed)
     val_set = SegmentationDataset(data, val_ids)
-    train_loader = make_loader(train_set, cfg_train["batch_size"], True, seed, cfg_train["num_workers"], device)
-    val_loader = make_loader(val_set, cfg_train["batch_size"], False, seed, cfg_train["num_workers"], device)
+    workers = loader_workers(cfg_train["num_workers"], device)
+    train_loader = make_loader(train_set, cfg_train["batch_size"], True, seed, workers, device)
+    val_loader = make_loader(val_set, cfg_train["batch_size"], False, seed, workers, device)
 
     model = build_model(variant["model"], 3, output_channels(data.num_classes, variant["model"]["binary_head"]))
     init = initialise(model, variant, init_weights)
     if cfg_train["freeze_encoder"]:
         set_encoder_trainable(model, False)
-    model.to(device)
+    execution.prepare(model)
     # Augmentation fills pixels it invents (rotation borders ...) with IGNORE even when the
     # dataset has no ignore label, so training always ignores IGNORE; no real label equals it.
     ignore = data.ignore_index if data.ignore_index is not None else IGNORE
@@ -225,7 +250,8 @@ def train_fold(
 
     run.log_params({
         "fold": fold, "seed": seed, "device": device.type, "train_images": len(train_ids),
-        "train_samples_per_epoch": len(train_set), "val_images": len(val_ids),
+        "train_samples_per_epoch": len(train_set), "val_images": len(val_ids), "loader_workers": workers,
+        "precision": str(execution.dtype or torch.float32).removeprefix("torch."), "channels_last": execution.channels_last,
         "transferred_tensors": init["loaded"], **params,
     })
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +275,7 @@ def train_fold(
 
     state = {"unfrozen": False}
     selector, history = fit_resumable(
-        model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
+        model, train_loader, val_loader, loss_fn, optimizer, execution,
         cfg_train["epochs"], cfg_train["patience"], store, run, prefix, metrics, augment,
         stopper=stopper, selector=selector, scheduler=schedule, on_epoch_start=on_epoch_start,
     )
@@ -296,7 +322,8 @@ def pretrain_colorization(
     if refusal:
         raise ConfigError(refusal)
     seed_everything(study["seed"], study["deterministic"])
-    device = select_device(study["device"])
+    execution = Execution.for_study(study)
+    device = execution.device
     data = PreparedData(prepared)
     ids = sorted(i for fold in splits["folds"] for i in fold)
     n_val = max(1, int(round(len(ids) * pre["val_fraction"])))
@@ -304,11 +331,12 @@ def pretrain_colorization(
     val_ids = [ids[i] for i in order[:n_val]]
     train_ids = [ids[i] for i in order[n_val:]]
     flips = build_augmentation({"preset": "flip"}, study["seed"])
-    train_loader = make_loader(ColorizationDataset(data, train_ids, flips), pre["batch_size"], True, study["seed"], 0, device)
+    workers = loader_workers("auto", device)
+    train_loader = make_loader(ColorizationDataset(data, train_ids, flips), pre["batch_size"], True, study["seed"], workers, device)
     val_set = ColorizationDataset(data, val_ids)
-    val_loader = make_loader(val_set, pre["batch_size"], False, study["seed"], 0, device)
+    val_loader = make_loader(val_set, pre["batch_size"], False, study["seed"], workers, device)
 
-    model = build_model(cfg["model"], 3, 3 if target == "rgb" else 2).to(device)
+    model = execution.prepare(build_model(cfg["model"], 3, 3 if target == "rgb" else 2))
     mse = nn.MSELoss()
 
     def loss_fn(output: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -323,7 +351,7 @@ def pretrain_colorization(
     key = resume_key(cfg["pretrain"], cfg["model"], cfg["study"]["seed"], data.fingerprint, train_ids, val_ids)
     store = ResumeStore(out_dir / RESUME_DIR, key)
     stopper, history = fit_resumable(
-        model, train_loader, val_loader, loss_fn, optimizer, Precision.for_device(device),
+        model, train_loader, val_loader, loss_fn, optimizer, execution,
         pre["epochs"], pre["epochs"], store, run, f"[colorization {target}]", augment=flips,
     )
     store.publish_best(stopper.best_epoch, weights)

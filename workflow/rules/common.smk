@@ -50,6 +50,10 @@ def _uses_gpu():
 
 
 GPU = _uses_gpu()
+# A GPU training job gets cores for its data-loader workers (train.num_workers: auto uses
+# all but one), so the GPU never waits for batches; on the CPU one core per job, so that
+# --cores N runs N trainings side by side. Snakemake lowers it to --cores where fewer.
+TRAIN_THREADS = 4 if GPU else 1
 
 
 def pretrain_dir(variant):

@@ -15,7 +15,7 @@ rule pretrain:
         f"{LOGS}/pretrain/{{arch}}.log",
     benchmark:
         f"{OUT}/benchmarks/pretrain/{{arch}}.tsv"
-    threads: 1
+    threads: TRAIN_THREADS
     resources:
         gpu=GPU,
     shell:

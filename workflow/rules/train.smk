@@ -25,7 +25,7 @@ rule train:
         f"{OUT}/benchmarks/train/{{variant}}/fold{{fold}}.tsv"
     wildcard_constraints:
         fold=r"\d+",
-    threads: 1
+    threads: TRAIN_THREADS
     resources:
         gpu=GPU,
     shell:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .dataset import PreparedData, normalise
+from .dataset import Key, PreparedData, normalise, split_key
 from .io import IGNORE
 
 
@@ -29,8 +29,11 @@ class Repeated(Dataset):
     def __len__(self) -> int:
         return len(self.dataset) * self.times
 
-    def __getitem__(self, i: int):
-        return self.dataset[i % len(self.dataset)]
+    def __getitem__(self, key: Key):
+        # The seed stays with the key: each repeat of an image gets its own augmentation.
+        if isinstance(key, tuple):
+            return self.dataset[(key[0], key[1] % len(self.dataset))]
+        return self.dataset[key % len(self.dataset)]
 
 
 class ArrayDataset(Dataset):
@@ -45,7 +48,8 @@ class ArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        i = split_key(key, None)  # the copies were augmented once, when they were made
         return normalise(self.images[i], self.mean, self.std), torch.from_numpy(np.ascontiguousarray(self.masks[i])).long()
 
 

@@ -8,8 +8,43 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
+# A dataset key: an index, or (augmentation seed, index) as SeededShuffle yields them.
+Key = int | tuple[int, int]
+
+
+class SeededShuffle(Sampler):
+    """A shuffled epoch whose every item carries its own augmentation seed.
+
+    Each epoch draws one seed and a permutation from ``generator``; item ``i`` is yielded
+    as ``(epoch_seed + i, i)``. The dataset re-seeds its augmentation with that seed before
+    drawing, so what an image looks like depends on the seed, the epoch and the image only:
+    not on which worker process loads it or in which order. Worker processes then draw
+    different augmentations (a forked copy of one seeded pipeline would repeat the same
+    draws in every worker), and a resumed run, whose ``generator`` state is restored,
+    sees exactly the epochs an uninterrupted run would, with or without workers.
+    """
+
+    def __init__(self, length: int, generator: torch.Generator) -> None:
+        self.length, self.generator = length, generator
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        epoch_seed = int(torch.randint(0, 2**31, (), generator=self.generator))
+        order = torch.randperm(self.length, generator=self.generator).tolist()
+        return iter([(epoch_seed + i, i) for i in order])
+
+
+def split_key(key: Key, augment: Any) -> int:
+    """The index of ``key``; re-seeds ``augment`` first when the key carries a seed."""
+    if isinstance(key, tuple):
+        seed, key = key
+        if augment is not None:
+            augment.set_random_seed(seed)
+    return int(key)
 
 
 class PreparedData:
@@ -60,8 +95,8 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        row = self.rows[i]
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.rows[split_key(key, self.augment)]
         image, mask = self.data.images[row], self.data.masks[row]
         if self.augment is not None:
             out = self.augment(image=np.asarray(image), mask=np.asarray(mask))
@@ -90,8 +125,8 @@ class ColorizationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = np.asarray(self.data.images[self.rows[i]])
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        image = np.asarray(self.data.images[self.rows[split_key(key, self.augment)]])
         if self.augment is not None:
             image = self.augment(image=image)["image"]
         rgb = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)

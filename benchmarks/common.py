@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: the models they time and the data they time them on.
+
+The scripts run as ``python benchmarks/<script>.py``, so Python puts this folder on the
+path and ``from common import ...`` works without making ``benchmarks`` a package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seglab.config import validate
+from seglab.data.dataset import PreparedData
+from seglab.data.preprocess import preprocess
+from seglab.data.sources import fetch_dataset
+from seglab.data.verify import verify_dataset
+
+MODEL_CONFIGS = {
+    "unet32": {"name": "unet", "base": 32, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
+    "unet64": {"name": "unet", "base": 64, "depth": 4, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
+    "unet8": {"name": "unet", "base": 8, "depth": 3, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"},
+    "resnet34unet": {"name": "smp", "arch": "Unet", "encoder": "resnet34"},
+}
+
+
+def resolved_variant(model: dict, **blocks: dict) -> dict:
+    """A variant with every schema default filled, as a study would run it."""
+    cfg = validate({"variants": {"v": {"model": model, **blocks}}})
+    return {"study": cfg["study"], "tracking": cfg["tracking"], "variant": "v", **cfg["variants"]["v"]}
+
+
+def resolved_model(cfg: dict) -> dict:
+    """The model block with every schema default filled."""
+    return resolved_variant(cfg)["model"]
+
+
+def prepared_cache(folder: Path, size: int, count: int) -> PreparedData:
+    """The built-in data through the real download -> verify -> preprocess stages."""
+    cfg = validate({"dataset": {"builtin": {"count": count, "size": size}}, "variants": {"v": {}}})
+    fetch_dataset(cfg["dataset"], folder / "raw")
+    report = verify_dataset(folder / "raw", cfg["dataset"], "fail")
+    preprocess(report, size, "resize", folder / "prepared")
+    return PreparedData(folder / "prepared")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so that a timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
