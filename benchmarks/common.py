@@ -48,3 +48,25 @@ def sync(device: torch.device) -> None:
     """Wait for queued CUDA work, so that a timer measures the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def add_execution_options(parser) -> None:
+    """The study's execution keys as benchmark options, with the study's defaults."""
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    parser.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def execution_from(args, device: torch.device):
+    from seglab.engine import Execution
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layout = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+    return Execution.for_device(device, args.precision, layout)
+
+
+def describe(execution) -> dict:
+    """Device, precision, memory format and threads, for every result line."""
+    return {"device": str(execution.device), "precision": str(execution.dtype or torch.float32).removeprefix("torch."),
+            "channels_last": execution.channels_last, "threads": torch.get_num_threads()}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from common import MODEL_CONFIGS, prepared_cache, resolved_variant, sync
+from common import MODEL_CONFIGS, add_execution_options, describe, execution_from, prepared_cache, resolved_variant, sync
 from seglab.checkpoint import save_checkpoint
 from seglab.data.splits import make_splits
 from seglab.engine import Execution
@@ -39,7 +39,7 @@ from seglab.runtime import select_device
 def bare(model: torch.nn.Module, batch: int, size: int, steps: int, device: torch.device, execution: Execution) -> float:
     """Forward passes per second of the model alone."""
     model.eval()
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = execution.inputs(torch.randn(batch, 3, size, size, device=device))
     with execution.autocast():
         model(x)  # warm-up
     sync(device)
@@ -83,15 +83,13 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--tta", choices=["on", "off", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_execution_options(parser)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
     args = parser.parse_args()
     if args.quick:
         args.models, args.sizes, args.images, args.folds, args.repeats = ["unet8"], [32], 16, 2, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = select_device("auto")
-    execution = Execution.for_device(device)
+    execution = execution_from(args, device)
     tta_settings = {"on": [True], "off": [False], "both": [False, True]}[args.tta]
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -99,13 +97,14 @@ def main() -> None:
             splits = make_splits(data.manifest, args.folds, 0.25, seed=0)
             for name in args.models:
                 variant = resolved_variant(MODEL_CONFIGS[name])
-                variant["study"]["device"] = device.type
+                variant["study"].update(device=device.type, precision=args.precision,
+                                        channels_last={"auto": "auto", "true": True, "false": False}[args.channels_last])
                 if variant["model"]["name"] not in MODELS:
                     print(json.dumps({"model": name, "skipped": f"model.name {variant['model']['name']!r} not in this build"}))
                     continue
                 channels = output_channels(data.num_classes, variant["model"]["binary_head"])
                 checkpoints = fold_checkpoints(variant, Path(tmp) / name / str(size), args.folds, channels)
-                model = build_model(variant["model"], 3, channels).to(device)
+                model = execution.prepare(build_model(variant["model"], 3, channels))
                 batch = min(EVAL_BATCH, args.images)
                 a = statistics.median(bare(model, batch, size, 3, device, execution) for _ in range(args.repeats))
                 for tta in tta_settings:
@@ -115,9 +114,9 @@ def main() -> None:
                     print(json.dumps({
                         "model": name, "size": size, "batch": batch, "folds": args.folds, "tta": tta,
                         "test_images": len(splits["test"]), "oof_images": sum(len(f) for f in splits["folds"]),
-                        "device": str(device), "precision": str(execution.dtype or torch.float32),
-                        "threads": torch.get_num_threads(), "bare_passes_s": round(a, 1),
+                        **describe(execution), "bare_passes_s": round(a, 1),
                         "seglab_passes_s": round(b, 1), "ratio": round(b / a, 3),
+                        "overhead_ms_per_pass": round(1000 * (1 / b - 1 / a), 3),
                     }), flush=True)
 
 

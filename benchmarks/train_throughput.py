@@ -20,18 +20,18 @@ from pathlib import Path
 
 import torch
 
-from common import MODEL_CONFIGS, prepared_cache, resolved_model, sync
+from common import MODEL_CONFIGS, add_execution_options, describe, execution_from, prepared_cache, resolved_model, sync
 from seglab.data.dataset import PreparedData, SegmentationDataset
 from seglab.data.transforms import build_augmentation
 from seglab.engine import Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import MODELS, build_model
 from seglab.runtime import select_device
-from seglab.train import make_loader
+from seglab.train import loader_workers, make_loader
 
 
 def bare(model, batch: int, size: int, steps: int, device, execution: Execution) -> float:
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = execution.inputs(torch.randn(batch, 3, size, size, device=device))
     y = (torch.rand(batch, size, size, device=device) > 0.5).long()
     loss_fn = build_loss({"name": "bce"}, 2, None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -64,16 +64,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--workers", default="auto", help="loader workers: a number or auto (as train.num_workers)")
+    add_execution_options(parser)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
     args = parser.parse_args()
     if args.quick:
         args.models, args.sizes, args.batch, args.steps, args.repeats = ["unet8"], [32], 4, 2, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = select_device("auto")
-    execution = Execution.for_device(device)
+    execution = execution_from(args, device)
+    workers = loader_workers(args.workers, device)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             data = prepared_cache(Path(tmp) / str(size), size, args.batch * args.steps)
@@ -83,14 +82,16 @@ def main() -> None:
                     print(json.dumps({"model": name, "skipped": f"model.name {cfg['name']!r} not in this build"}))
                     continue
                 torch.manual_seed(0)
-                model = build_model(cfg, 3, 1).to(device)
+                model = execution.prepare(build_model(cfg, 3, 1))
                 a = statistics.median(bare(model, args.batch, size, args.steps, device, execution) for _ in range(args.repeats))
-                b = statistics.median(full(model, data, args.batch, args.steps, device, execution, args.workers)
+                b = statistics.median(full(model, data, args.batch, args.steps, device, execution, workers)
                                       for _ in range(args.repeats))
                 print(json.dumps({
-                    "model": name, "size": size, "batch": args.batch, "device": str(device),
-                    "precision": str(execution.dtype or torch.float32), "threads": torch.get_num_threads(),
+                    "model": name, "size": size, "batch": args.batch, **describe(execution), "workers": workers,
                     "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
+                    # Time per image the seglab path adds to the model's: what stays on the CPU
+                    # when a GPU makes the model itself much faster.
+                    "overhead_ms_per_img": round(1000 * (1 / b - 1 / a), 3),
                 }), flush=True)
 
 

@@ -15,6 +15,19 @@ def test_train_throughput_quick_run(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["model"] == "unet8" and row["device"] == "cpu"
-    assert row["bare_img_s"] > 0 and row["seglab_img_s"] > 0 
+    assert row["bare_img_s"] > 0 and row["seglab_img_s"] > 0 and row["workers"] == 0
     # Both rates are rounded to 0.1 img/s in the output, the ratio from the unrounded ones.
     assert row["ratio"] == pytest.approx(row["seglab_img_s"] / row["bare_img_s"], rel=0.05)
+
+
+def test_eval_throughput_quick_run(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_throughput.py"), "--quick"],
+                         capture_output=True, text=True, env=workflow_env(tmp_path), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [r["tta"] for r in rows] == [False, True]
+    for row in rows:
+        assert row["model"] == "unet8" and row["device"] == "cpu" and row["folds"] == 2
+        assert row["bare_passes_s"] > 0 and row["seglab_passes_s"] > 0
+        assert row["ratio"] == pytest.approx(row["seglab_passes_s"] / row["bare_passes_s"], rel=0.05)
+        assert row["test_images"] + row["oof_images"] == 16

@@ -260,3 +260,32 @@ def test_hd95_hand_cases():
     assert math.isnan(hd95(a, empty)) and math.isnan(hd95(empty, a))
     with pytest.raises(ValueError):
         hd95(a, a[:5])
+
+
+def _brute_force_hd95(pred: np.ndarray, target: np.ndarray) -> float:
+    """The definition, spelled out: every boundary pixel against every other boundary pixel."""
+    from scipy import ndimage
+    from scipy.spatial.distance import cdist
+
+    def edge(mask):
+        inner = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
+        return np.argwhere(mask & ~inner)
+
+    distances = cdist(edge(pred), edge(target))
+    return float(max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_over_the_masks_bounding_box_equals_the_definition(seed):
+    """hd95 measures inside the masks' bounding box only; blobs touching the image edge and
+    blobs far apart must give the distances of the whole image."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    blobs = [ndimage.gaussian_filter(rng.random((48, 40)), 3) > 0.52 for _ in range(2)]
+    pred, target = blobs[0], blobs[1]
+    if seed % 2:  # a blob at the image edge and one in a corner
+        pred[:, :3] = True
+        target[-4:, -4:] = True
+    assert pred.any() and target.any()
+    assert hd95(pred, target) == pytest.approx(_brute_force_hd95(pred, target))

@@ -82,6 +82,13 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu().numpy()
 
 
+def nanmean(values: list[float]) -> float:
+    """Mean of the defined values; NaN, without numpy's empty-slice warning, when none is
+    (HD95 is undefined for an image whose class is in the prediction or the truth only)."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
 def cv_summary(fold_summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, standard deviation and t-based 95% CI over folds of the best-epoch validation metrics."""
     out: dict[str, Any] = {"folds": len(fold_summaries)}
@@ -150,7 +157,7 @@ def evaluate_variant(
                 confusion += confusion_matrix(labels, targets, data.num_classes, data.ignore_index)
                 ensemble_labels.extend(labels.cpu().numpy().astype(np.uint8))
                 for pred, truth in zip(labels.cpu().numpy(), targets.cpu().numpy()):
-                    boundary.append(float(np.nanmean([hd95(pred == k, truth == k) for k in fg])) if fg else float("nan"))
+                    boundary.append(nanmean([hd95(pred == k, truth == k) for k in fg]))
 
     tables, class_tables, test = [], [], {}
     for name in names:
@@ -160,7 +167,7 @@ def evaluate_variant(
         class_tables.append(per_class_table(stacked, classes, "test", name))
     per_image = pd.concat(tables, ignore_index=True)
     per_image.loc[per_image["model"] == "ensemble", "hd95"] = boundary
-    test["ensemble"]["hd95"] = float(np.nanmean(boundary)) if boundary else float("nan")
+    test["ensemble"]["hd95"] = nanmean(boundary)
 
     oof_table, oof_counts, oof_per_fold = out_of_fold(models, data, splits, execution, tta)
     class_tables.append(per_class_table(oof_counts, classes, "oof", "pooled"))
