@@ -299,7 +299,6 @@ def train_fold(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     run.log_metrics({f"best_{k}": v for k, v in best.items() if k.startswith("val_")} | {"best_epoch": selector.best_epoch, "train_seconds": seconds})
     run.log_artifact(out_dir / "history.csv")
-    run.set_tags({"seglab.checkpoint": str(best_path), "seglab.checkpoint_sha256": (best_path.parent / (best_path.name + ".sha256")).read_text().split()[0]})
     store.clear()
     return summary
 
