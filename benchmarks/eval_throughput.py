@@ -106,11 +106,12 @@ def main() -> None:
                 checkpoints = fold_checkpoints(variant, Path(tmp) / name / str(size), args.folds, channels)
                 model = execution.prepare(build_model(variant["model"], 3, channels))
                 batch = min(EVAL_BATCH, args.images)
-                a = statistics.median(bare(model, batch, size, 3, device, execution) for _ in range(args.repeats))
                 for tta in tta_settings:
-                    b = statistics.median(
-                        seglab_eval(variant, data.folder, splits, checkpoints, Path(tmp) / "eval", tta, device)
-                        for _ in range(args.repeats))
+                    # Interleaved, so that warm-up and clock drift fall on both alike.
+                    rates = [(bare(model, batch, size, 3, device, execution),
+                              seglab_eval(variant, data.folder, splits, checkpoints, Path(tmp) / "eval", tta, device))
+                             for _ in range(args.repeats)]
+                    a, b = (statistics.median(r) for r in zip(*rates))
                     print(json.dumps({
                         "model": name, "size": size, "batch": batch, "folds": args.folds, "tta": tta,
                         "test_images": len(splits["test"]), "oof_images": sum(len(f) for f in splits["folds"]),

@@ -83,9 +83,11 @@ def main() -> None:
                     continue
                 torch.manual_seed(0)
                 model = execution.prepare(build_model(cfg, 3, 1))
-                a = statistics.median(bare(model, args.batch, size, args.steps, device, execution) for _ in range(args.repeats))
-                b = statistics.median(full(model, data, args.batch, args.steps, device, execution, workers)
-                                      for _ in range(args.repeats))
+                # Interleaved, so that warm-up, allocator growth and clock drift fall on both alike.
+                rates = [(bare(model, args.batch, size, args.steps, device, execution),
+                          full(model, data, args.batch, args.steps, device, execution, workers))
+                         for _ in range(args.repeats)]
+                a, b = (statistics.median(r) for r in zip(*rates))
                 print(json.dumps({
                     "model": name, "size": size, "batch": args.batch, **describe(execution), "workers": workers,
                     "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
