@@ -164,3 +164,25 @@ def test_train_fold_records_how_it_ran(prepared, tmp_path):
 
     train_fold(variant, data.folder, splits, 0, tmp_path / "fold0", run=Recorder())
     assert params["loader_workers"] == 0 and params["precision"] == "float32" and params["channels_last"] is True
+
+
+def test_flips_are_drawn_independently_of_each_other():
+    """Both ways an image is augmented (a seed per item, and the pipeline's own stream for
+    offline copies and the preview grid) give all four flip outcomes, not just identity and
+    180 degrees, as albumentations' per-transform seeding would."""
+    from seglab.data.dataset import split_key
+
+    image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    mask = np.zeros((16, 16), np.uint8)
+    outcomes = {"identity": image, "h": image[:, ::-1], "v": image[::-1], "hv": image[::-1, ::-1]}
+
+    def outcome(out):
+        return next(name for name, want in outcomes.items() if np.array_equal(out["image"], want))
+
+    augment = build_augmentation({"preset": "flip"}, 0)
+    sequential = {outcome(augment(image=image, mask=mask)) for _ in range(64)}
+    seeded = set()
+    for i in range(64):
+        split_key((i, 0), augment)
+        seeded.add(outcome(augment(image=image, mask=mask)))
+    assert sequential == seeded == set(outcomes)

@@ -43,7 +43,9 @@ def split_key(key: Key, augment: Any) -> int:
     if isinstance(key, tuple):
         seed, key = key
         if augment is not None:
-            augment.set_random_seed(seed)
+            from .transforms import reseed
+
+            reseed(augment, seed)
     return int(key)
 
 

