@@ -26,7 +26,11 @@ test: $(STAMP)  ## the test suite
 snakemake-report: $(STAMP)  ## Snakemake's own report of the finished study, with the figures and captions
 	$(BIN)/snakemake --report results/snakemake-report.html
 
+# MLflow 3's UI opens an experiment on its GenAI overview unless the page says
+# workflowType=machine_learning (or "Model training" was picked once in that browser):
+# the links printed first open each study's runs table directly.
 ui: $(STAMP)  ## browse every run: http://127.0.0.1:5000
+	@$(BIN)/python -c 'from seglab.tracking import print_ui_links; print_ui_links()'
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
 
 # DVC writes pulled files with fresh times in no particular order, so Snakemake would see
@@ -35,12 +39,18 @@ ui: $(STAMP)  ## browse every run: http://127.0.0.1:5000
 # them up to date (`snakemake --touch`, in DAG order) is exact. Dropping Snakemake's mtime
 # rerun trigger instead would also hide real changes: a changed key reaches the jobs as a
 # newer stage config file, and a fresh clone has no Snakemake metadata to compare against.
+# Every study file a dvc.yaml stage runs (`cmd: snakemake --configfile <file> ...`).
+DVC_STUDIES = $(shell sed -n 's/^ *cmd:.*--configfile \([^ ]*\).*/\1/p' dvc.yaml | sort -u)
+
 pull: $(STAMP)  ## fetch the data and weights of the checked-out dvc.lock; Snakemake then has nothing to do
 	$(BIN)/dvc pull
 	@if $(BIN)/dvc status --quiet; then \
-		$(BIN)/snakemake --touch --cores 1 --quiet all && echo "seglab: pulled results marked up to date for Snakemake"; \
+		for study in $(DVC_STUDIES); do \
+			$(BIN)/snakemake --configfile $$study --touch --cores 1 --quiet all || exit 1; \
+		done; \
+		echo "seglab: pulled results marked up to date for Snakemake ($(DVC_STUDIES))"; \
 	else \
-		echo "seglab: config.yaml or the code differ from dvc.lock: the pulled results are out of date;"; \
+		echo "seglab: a study file (config.yaml ...) or the code differ from dvc.lock: the pulled results are out of date;"; \
 		echo "        run 'dvc repro' (or 'make run') to update them. Nothing was marked up to date."; \
 	fi
 

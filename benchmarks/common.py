@@ -35,6 +35,11 @@ def resolved_model(cfg: dict) -> dict:
     return resolved_variant(cfg)["model"]
 
 
+def resolved_loss(cfg: dict) -> dict:
+    """The loss block with every schema default filled (build_loss reads resolved configs only)."""
+    return resolved_variant(MODEL_CONFIGS["unet8"], loss=cfg)["loss"]
+
+
 def prepared_cache(folder: Path, size: int, count: int) -> PreparedData:
     """The built-in data through the real download -> verify -> preprocess stages."""
     cfg = validate({"dataset": {"builtin": {"count": count, "size": size}}, "variants": {"v": {}}})

@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 from common import MODEL_CONFIGS, add_execution_options, describe, execution_from, prepared_cache, resolved_variant, sync
+from seglab import layout
 from seglab.checkpoint import save_checkpoint
 from seglab.data.splits import make_splits
 from seglab.engine import Execution
 from seglab.evaluate import EVAL_BATCH, evaluate_variant
+from seglab.inference import TTA_PASSES
 from seglab.models import MODELS, build_model, output_channels
-from seglab.predict import TTA_PASSES
 from seglab.runtime import select_device
 
 
@@ -56,7 +57,7 @@ def fold_checkpoints(variant: dict, folder: Path, folds: int, out_channels: int)
     paths = []
     for k in range(folds):
         torch.manual_seed(k)
-        path = folder / f"fold{k}" / "best.pt"
+        path = folder / layout.fold_name(k) / layout.CHECKPOINT
         save_checkpoint({"model": build_model(variant["model"], 3, out_channels).state_dict()}, path)
         paths.append(path)
     return paths

@@ -20,20 +20,21 @@ from pathlib import Path
 
 import torch
 
-from common import MODEL_CONFIGS, add_execution_options, describe, execution_from, prepared_cache, resolved_model, sync
+from common import (MODEL_CONFIGS, add_execution_options, describe, execution_from, prepared_cache, resolved_loss,
+                    resolved_model, sync)
 from seglab.data.dataset import PreparedData, SegmentationDataset
 from seglab.data.transforms import build_augmentation
 from seglab.engine import Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import MODELS, build_model
 from seglab.runtime import select_device
-from seglab.train import loader_workers, make_loader
+from seglab.data.loaders import loader_workers, make_loader
 
 
 def bare(model, batch: int, size: int, steps: int, device, execution: Execution) -> float:
     x = execution.inputs(torch.randn(batch, 3, size, size, device=device))
     y = (torch.rand(batch, size, size, device=device) > 0.5).long()
-    loss_fn = build_loss({"name": "bce"}, 2, None)
+    loss_fn = build_loss(resolved_loss({"name": "bce"}), 2, None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     run_epoch(model, [(x, y)], loss_fn, execution, opt)  # warm-up
     sync(device)
@@ -47,7 +48,7 @@ def full(model, data: PreparedData, batch: int, steps: int, device, execution: E
     ids = list(data.manifest["id"])[: batch * steps]
     dataset = SegmentationDataset(data, ids, build_augmentation({"preset": "flip"}, 0))
     loader = make_loader(dataset, batch, True, 0, workers, device)
-    loss_fn = build_loss({"name": "bce"}, 2, None)
+    loss_fn = build_loss(resolved_loss({"name": "bce"}), 2, None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     run_epoch(model, [next(iter(loader))], loss_fn, execution, opt)  # warm-up
     sync(device)

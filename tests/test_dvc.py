@@ -32,12 +32,39 @@ if shutil.which("git") is None:
 
 
 def dvc_study_config() -> dict:
-    """The tiny study, named so that its raw data is dvc.yaml's `data/raw/builtin-lesions` out,
-    with every section dvc.yaml declares as params."""
+    """The tiny study as config.yaml (dvc.yaml's `study` stage: its whole file is the params),
+    with the sections users change through `dvc exp run -S` written out."""
     cfg = tiny_study()
     cfg["dataset"]["name"] = "builtin-lesions"
     cfg["verify"] = {"on_error": "fail"}
+    cfg["evaluate"] = {"tta": False}
+    # Batches of 2 take the tiny U-Net past predicting one class everywhere in 2-3 epochs, so
+    # that flip TTA has probabilities near 0.5 to move.
+    cfg["defaults"]["train"]["batch_size"] = 2
     return cfg
+
+
+def second_study_config() -> dict:
+    """Another study beside the default one: its own output_dir, dataset name and variant."""
+    cfg = tiny_study("results/studies/second")
+    cfg["study"]["name"] = "second"
+    cfg["dataset"]["name"] = "second-lesions"
+    cfg["dataset"]["builtin"]["seed"] = 5
+    cfg["variants"] = {"dice": {"loss": {"name": "dice"}}}
+    return cfg
+
+
+def documented_stage(study: str) -> str:
+    """The stage dvc.yaml's header comment tells users to add for another study, for ``study``."""
+    lines = (REPO / "dvc.yaml").read_text().splitlines()
+    start = lines.index("#   unet-ablation:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#  "):
+            break
+        block.append(line[2:].replace("unet-ablation", study))  # "# " off: stages are indented 2
+    assert block[-1].strip() == "plots: *plots", block
+    return "\n".join(block) + "\n"
 
 
 def project_env(root: Path) -> dict[str, str]:
@@ -170,6 +197,18 @@ def test_mlflow_records_every_run_of_the_study(project):
     assert pretrain.data.tags["snakemake.rule"] == "pretrain" and len(pretrain.data.tags["seglab.weights_sha256"]) == 64
     assert "plots/learning_curve.png" in {a.path for a in client.list_artifacts(pretrain.info.run_id, "plots")}
 
+    # What the MLflow UI shows: a model-training experiment, each run's dataset and its stage.
+    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
+    raw = (project / "data" / "raw" / "builtin-lesions").as_uri()
+    for name, stage, context in (("scratch-fold1", "train", "training"), ("scratch-evaluate", "evaluate", "testing"),
+                                 ("scratch", "evaluate", "training"), (pretrain.info.run_name, "pretrain", "training")):
+        run = by_name[name]
+        assert run.data.tags["mlflow.source.name"] == f"seglab {stage}", name
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "builtin-lesions" and json.loads(dataset.dataset.source)["uri"] == raw, name
+        assert dataset.dataset.digest == fold.data.tags["seglab.data_hash"]  # seglab's data fingerprint
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == context, name
+
 
 def test_exp_run_changes_one_key_and_reruns_only_what_depends_on_it(project):
     data_before = mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/*/weights.pt")
@@ -192,6 +231,64 @@ def test_exp_run_changes_one_key_and_reruns_only_what_depends_on_it(project):
     table = sh(project, "dvc", "exp", "show", "--csv").stdout
     assert "three-epochs" in table and "variants.scratch.test_dice" in table.splitlines()[0]
     commit(project, "three epochs")  # keep the experiment's results as the branch head
+
+
+def test_exp_run_with_tta_reruns_only_the_evaluation_and_changes_the_metrics(project):
+    """evaluate.tta is a key like any other: DVC sees the params change and runs its stage;
+    Snakemake re-evaluates (the flag is a rule param) and trains nothing."""
+    before = read_metrics(project)
+    models_before = mtimes(project, "results/models/*/fold*/best.pt")
+    run = sh(project, "dvc", "exp", "run", "-n", "tta", "-S", "config.yaml:evaluate.tta=true")
+    assert job_counts(run.stdout + run.stderr) == {"evaluate": 2, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 6}
+    assert mtimes(project, "results/models/*/fold*/best.pt") == models_before
+    after = read_metrics(project)
+    changed = {}
+    for variant in ("scratch", "colorized"):
+        assert not before["variants"][variant]["test_tta"] and after["variants"][variant]["test_tta"]
+        old, new = numbers(before["variants"][variant]), numbers(after["variants"][variant])
+        changed[variant] = {k for k in new if new[k] != old.get(k) and k != "test_tta" and "seconds" not in k}
+        # Out-of-fold and per-fold test scores move with TTA (the ensemble's labels may not, at 3 epochs).
+        assert changed[variant] & {"oof_dice", "test_dice", "test_dice_folds_mean"}, (variant, changed[variant])
+    diff = json.loads(sh(project, "dvc", "params", "diff", "--json").stdout)
+    assert (diff["config.yaml"]["evaluate.tta"]["old"], diff["config.yaml"]["evaluate.tta"]["new"]) == (False, True)
+    shown = json.loads(sh(project, "dvc", "metrics", "diff", "--json").stdout)
+    listed = set(shown["results/metrics.json"])
+    assert {f"variants.scratch.{k}" for k in changed["scratch"]} <= listed
+    commit(project, "tta")
+
+
+def test_a_second_study_reproduces_through_dvc_next_to_the_default_one(project):
+    """The stage dvc.yaml documents for another study, added as a user would: its outs follow its
+    own output_dir and dataset name, and the default study is left as it was."""
+    default_models = mtimes(project, "results/models/*/fold*/best.pt")
+    default_lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["study"]
+    (project / "configs" / "studies").mkdir(parents=True)
+    write_yaml(project / "configs" / "studies" / "second.yaml", second_study_config())
+    with (project / "dvc.yaml").open("a") as dvc_yaml:
+        dvc_yaml.write(documented_stage("second"))
+
+    run = sh(project, "dvc", "repro", "second")
+    assert "Job stats" in run.stdout + run.stderr
+    out = project / "results" / "studies" / "second"
+    assert set(json.loads((out / "metrics.json").read_text())["variants"]) == {"dice"}
+    assert mtimes(project, "results/models/*/fold*/best.pt") == default_models
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert lock["study"] == default_lock
+    outs = {o["path"] for o in lock["second"]["outs"]}
+    assert {"data/raw/second-lesions", "results/studies/second/models", "results/studies/second/data",
+            "results/studies/second/metrics.json", "results/studies/second/curves.csv"} <= outs
+    assert lock["second"]["params"]["configs/studies/second.yaml"]["variants"] == {"dice": {"loss": {"name": "dice"}}}
+    assert sh(project, "dvc", "status", "--quiet", ok=False).returncode == 0
+    assert "up to date" in sh(project, "dvc", "repro").stdout
+    shown = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {"results/metrics.json", "results/studies/second/metrics.json"} <= set(files)
+
+    commit(project, "a second study")
+    tracked = set(sh(project, "git", "ls-files").stdout.split())
+    assert {"results/studies/second/metrics.json", "results/studies/second/curves.csv"} <= tracked
+    assert not any(p.startswith(("results/studies/second/models", "results/studies/second/data")) for p in tracked)
 
 
 def test_push_then_pull_on_a_fresh_clone_needs_no_rerun(project, tmp_path):
@@ -217,6 +314,10 @@ def test_push_then_pull_on_a_fresh_clone_needs_no_rerun(project, tmp_path):
     dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1")
     assert "Nothing to be done" in dry.stdout + dry.stderr
     assert sh(clone, "dvc", "status", "--quiet", ok=False).returncode == 0
+    # The second study came back too, and Snakemake sees it up to date as well.
+    assert sorted(p.relative_to(clone) for p in clone.glob("results/studies/second/models/*/fold*/best.pt"))
+    dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "configs/studies/second.yaml")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
 def test_pull_does_not_hide_a_changed_config(project, tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from seglab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from seglab.cli import main
-from seglab.weights import WeightsUnavailable, hub_file
+from seglab.models.weights import imagenet_cache_file
 
 from tests.tiny_study import PROJECT, TINY, prepare, seglab_env, tiny_config, train_args, write_stage_configs
 
@@ -220,13 +220,16 @@ def test_malicious_pickle_is_refused(data, tmp_path, capfd):
 
 
 def test_weights_request_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    with pytest.raises(WeightsUnavailable) as caught:
-        hub_file("timm/resnet18.a1_in1k", "model.safetensors")
+    """Published weights missing from the cache stop at once, naming the repo, the cache and the way out."""
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    repo = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]["repo_id"]
+    with pytest.raises(CheckpointError) as caught:
+        imagenet_cache_file("resnet18")
     message = str(caught.value)
-    assert "timm/resnet18.a1_in1k/model.safetensors" in message
-    assert "HF_HUB_OFFLINE=1 forbids downloading" in message and str(tmp_path / "hf" / "hub") in message
+    assert f"repo {repo}" in message and "'resnet18'" in message
+    assert "never downloads during a run" in message and str(tmp_path / "hf" / "hub") in message
     assert "init: scratch" in message
-    assert isinstance(caught.value, CheckpointError), "the CLI reports it as `seglab: error:` with exit 2"
+    assert os.environ["HF_HUB_OFFLINE"] == "1", "nothing below the lookup may reach the network"

@@ -17,12 +17,15 @@ from seglab.data.verify import verify_dataset
 from seglab.engine import Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import build_model
-from seglab.predict import build_from_state, load_models, predict_batch
+from seglab.inference import build_from_state, load_models, predict_batch
 from seglab.tracking import NullRun
-from seglab.train import loader_generators, loader_workers, make_loader, train_fold
+from seglab.data.loaders import loader_generators, loader_workers, make_loader
+from seglab.train import train_fold
 from tests.conftest import tiny_study
 
 UNET = {"name": "unet", "base": 4, "depth": 2, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"}
+# The blocks as the validated config hands them to training (defaults filled, loss bce).
+VARIANT = validate({"variants": {"v": {"model": UNET}}})["variants"]["v"]
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +68,9 @@ def test_training_steps_learn_in_every_precision_and_layout(prepared, precision,
     batch = [(torch.stack(images), torch.stack(masks))]
     torch.manual_seed(0)
     execution = Execution.for_device(torch.device("cpu"), precision, channels_last)
-    model = execution.prepare(build_model(UNET, 3, 1))
+    model = execution.prepare(build_model(VARIANT["model"], 3, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    loss_fn = build_loss({"name": "bce"}, 2, None)
+    loss_fn = build_loss(VARIANT["loss"], 2, None)
     losses = [run_epoch(model, batch, loss_fn, execution, optimizer)["loss"] for _ in range(6)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
@@ -76,7 +79,7 @@ def test_channels_last_changes_the_layout_not_the_predictions(prepared):
     _, data, splits = prepared
     images = torch.stack([SegmentationDataset(data, splits["test"])[i][0] for i in range(4)])
     torch.manual_seed(0)
-    model = build_model(UNET, 3, 1).eval()
+    model = build_model(VARIANT["model"], 3, 1).eval()
     plain = predict_batch(model, images, Execution.for_device(torch.device("cpu"), "fp32", False), tta=True)
     nhwc = Execution.for_device(torch.device("cpu"), "fp32", True)
     fast = predict_batch(nhwc.prepare(model), images, nhwc, tta=True)

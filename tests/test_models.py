@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from seglab.checkpoint import CheckpointError, save_checkpoint
-from seglab.config import validate
+from seglab.config import ConfigError, validate
 from seglab.engine import Execution, run_epoch
 from seglab.models import build_model, count_parameters, output_channels
 from seglab.models.encoder_decoder import ARCHITECTURES
@@ -81,8 +81,9 @@ def test_input_not_divisible_is_a_clear_error(model_cfg):
 
 
 def test_unknown_encoder_names_the_key():
-    with pytest.raises(ValueError, match="model.encoder: smp has no encoder 'resnet35'"):
-        build_model({"name": "smp", "arch": "Unet", "encoder": "resnet35", "encoder_depth": 5, "decoder_width": 16}, 3, 1)
+    """Checked once, by the config's validation; the builders get known encoders only."""
+    with pytest.raises(ConfigError, match="key 'variants.v.model.encoder': smp has no encoder 'resnet35'"):
+        resolved({"model": {"name": "smp", "arch": "Unet", "encoder": "resnet35", "encoder_depth": 5, "decoder_width": 16}})
 
 
 # ---------------------------------------------------------------- freezing

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 import seglab.checkpoint
+import seglab.pretrain
+import seglab.resumable
 import seglab.train
 from seglab.checkpoint import load_checkpoint, sidecar
 from seglab.cli import main
@@ -66,7 +68,7 @@ class Interrupt(Exception):
 
 def interrupted_run(data: dict[str, Path], out: Path, monkeypatch: pytest.MonkeyPatch, after_epoch: int) -> None:
     """Train in-process and stop right after epoch ``after_epoch`` was saved and logged."""
-    real = seglab.train._epoch_line
+    real = seglab.resumable._epoch_line
 
     def crash(prefix, record, is_best):
         line = real(prefix, record, is_best)
@@ -75,7 +77,7 @@ def interrupted_run(data: dict[str, Path], out: Path, monkeypatch: pytest.Monkey
         return line
 
     with monkeypatch.context() as patch:
-        patch.setattr(seglab.train, "_epoch_line", crash)
+        patch.setattr(seglab.resumable, "_epoch_line", crash)
         with pytest.raises(Interrupt):
             main(train_args(data, out))
     assert not (out / "summary.json").exists()
@@ -151,7 +153,7 @@ def test_state_of_another_configuration_is_not_resumed(data, reference, tmp_path
                         defaults={**CFG["defaults"], "optimizer": {"lr": 0.01}})
     other_paths = {**data, "stage": write_stage_configs(tmp_path / "other", other)}
     with monkeypatch.context() as patch:
-        patch.setattr(seglab.train, "_epoch_line", lambda *a: (_ for _ in ()).throw(Interrupt()))
+        patch.setattr(seglab.resumable, "_epoch_line", lambda *a: (_ for _ in ()).throw(Interrupt()))
         with pytest.raises(Interrupt):
             main(train_args(other_paths, out))
     capfd.readouterr()
@@ -185,7 +187,8 @@ def test_out_of_memory_suggests_a_smaller_batch(data, tmp_path, monkeypatch, cap
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total capacity)")
 
-    monkeypatch.setattr(seglab.train, "fit_resumable", oom)
+    # Each training stage calls the shared resumable loop under its own module's name.
+    monkeypatch.setattr(seglab.train if stage == "train" else seglab.pretrain, "fit_resumable", oom)
     if stage == "train":
         args, key = train_args(data, tmp_path / "fold0"), "train.batch_size"
     else:

@@ -77,13 +77,14 @@ def test_verify_refuses_a_corrupt_image_naming_it(prepared, tmp_path):
 
 
 def test_one_training_step_lowers_the_loss(prepared):
-    _, root, _, splits = prepared
+    cfg, root, _, splits = prepared
     torch.manual_seed(0)
     data = PreparedData(root / "prepared")
     images, masks = zip(*(SegmentationDataset(data, splits["folds"][0])[i] for i in range(8)))
     batch = [(torch.stack(images), torch.stack(masks))]
-    model = build_model({"name": "unet", "base": 4, "depth": 2, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"}, 3, 1)
-    loss_fn = build_loss({"name": "bce"}, 2, None)
+    variant = cfg["variants"]["scratch"]  # unet base 4, depth 2, loss bce
+    model = build_model(variant["model"], 3, 1)
+    loss_fn = build_loss(variant["loss"], 2, None)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     execution = Execution.for_device(torch.device("cpu"))
     losses = [run_epoch(model, batch, loss_fn, execution, optimizer)["loss"] for _ in range(5)]

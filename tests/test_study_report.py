@@ -126,8 +126,22 @@ def test_snakemake_report_carries_the_figures(study):
     done = _snakemake(study, "--report", "results/snakemake-report.html")
     assert done.returncode == 0, done.stderr[-3000:]
     text = (study / "results/snakemake-report.html").read_text(errors="replace")
-    for name in ("radar.png", "metric_bars.png", "comparisons.csv", "metrics.json"):
+    for name in ("radar.png", "metric_bars.png", "metric_and_loss_bars.png", "augmentation_one-epoch.png",
+                 "comparisons.csv", "metrics.json"):
         assert name in text
+
+
+def test_report_shows_metric_and_loss_bars_and_each_variants_augmentation(study):
+    """As the ISIC report drew them: IoU/Dice beside train/validation loss; and what each
+    variant's network was shown (fold 0's augmentation preview), per variant."""
+    html = (study / "results/report/index.html").read_text()
+    assert 'alt="test IoU and Dice beside train and validation loss"' in html
+    assert "<h2>Augmentation (training samples as the network saw them, fold 0)</h2>" in html
+    figures = study / "results/report/figures"
+    for variant in STUDY["variants"]:  # the default augmentation (flips) applies to each
+        preview = study / "results/models" / variant / "fold0" / "augmentation.png"
+        assert (figures / f"augmentation_{variant}.png").read_bytes() == preview.read_bytes()
+        assert f'alt="augmented training samples {variant}"' in html
 
 
 def test_predict_writes_masks_at_original_size(study, tmp_path):
@@ -177,7 +191,8 @@ def test_report_renders_every_figure_offline_in_chromium(study, tmp_path):
     html = (study / "results/report/index.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), "the report must not load anything from the network"
     expected = len(re.findall(r"<img ", html))
-    assert expected == 2 + 2 * len(STUDY["variants"])  # bars, radar; curves and samples per variant
+    # bars, radar, metric-and-loss bars; curves, samples and augmentation preview per variant
+    assert expected == 3 + 3 * len(STUDY["variants"])
     page = tmp_path / "probe.html"
     page.write_text(html.replace("</body>", PROBE + "</body>"))
     assert _rendered(page, tmp_path / "profile") == (expected, expected)

@@ -60,6 +60,17 @@ def test_schedule_sets_the_optimizer_lr():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0)
 
 
+def test_the_schedule_peaks_at_the_rate_the_optimizer_was_built_with():
+    from seglab.schedule import build_schedule
+    from seglab.train import build_optimizer
+
+    v = variant({"optimizer": {"name": "sgd", "lr": 0.5}, "schedule": {"name": "cosine", "warmup_epochs": 1}})
+    opt = build_optimizer(v["optimizer"], [torch.nn.Parameter(torch.zeros(1))])
+    schedule = build_schedule(v["schedule"], opt, v["train"]["epochs"], "min")
+    assert schedule.base_lr == opt.param_groups[0]["lr"] == 0.5
+    assert [schedule.apply(opt, e) for e in (0, 1)] == [0.25, 0.5]
+
+
 # ---------------------------------------------------------------- early stopping / best checkpoint
 
 
@@ -181,7 +192,7 @@ def test_cross_key_rules_are_clear_config_errors(overrides, match):
 
 
 def test_pretraining_refuses_a_grayscale_dataset_before_training(tmp_path):
-    from seglab.train import pretrain_colorization
+    from seglab.pretrain import pretrain_colorization
 
     grey = np.repeat(np.random.default_rng(1).integers(0, 255, (4, 16, 16, 1), dtype=np.uint8), 3, axis=-1)
     np.save(tmp_path / "images.npy", grey)

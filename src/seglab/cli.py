@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import layout
 from .config import ConfigError, config_hash, read_json
 
 
@@ -46,10 +47,10 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 def cmd_split(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .data.splits import make_splits, read_test_list
+    from .data.splits import make_presplit_splits, make_splits, read_test_list
 
     split = read_json(args.config)["split"]
-    manifest = pd.read_csv(Path(args.prepared) / "manifest.csv", dtype={"id": str, "group": str})
+    manifest = pd.read_csv(Path(args.prepared) / layout.MANIFEST, dtype={"id": str, "group": str})
     test_ids = split["test_ids"]
     if split["test_file"]:
         # The dataset's own test list, relative to the dataset root recorded by verify.
@@ -57,9 +58,15 @@ def cmd_split(args: argparse.Namespace) -> None:
         if not test_file.is_absolute():
             test_file = Path(read_json(args.verify)["root"]) / test_file
         test_ids = read_test_list(test_file, split["test_key"])
-    splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids)
+    if "role" in manifest and manifest["role"].fillna("").astype(str).ne("").any():
+        # A pre-split dataset (dataset.folder.train/val/test): its folders are the split.
+        splits = make_presplit_splits(manifest, split["validation"], split["folds"], split["test_fraction"], split["seed"])
+    else:
+        splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids)
     _write_json(Path(args.out), splits)
-    print(f"split: test {splits['counts']['test']} images ({splits['test_source']}), folds {splits['counts']['folds']}")
+    print(f"split: test {splits['counts']['test']} images ({splits['test_source']}), folds {splits['counts']['folds']}"
+          + (f", always trained on {splits['counts']['train']}" if "train" in splits else "")
+          + (f", {len(splits['unlabelled'])} unlabelled for colorization" if splits.get("unlabelled") else ""))
     if splits["test_ids_missing"]:
         print(f"split: {len(splits['test_ids_missing'])} listed test id(s) are not in the prepared data "
               f"(left out by verification or absent): {splits['test_ids_missing'][:10]}")
@@ -67,10 +74,10 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from .gpu_slots import pin_visible_gpu
-    from .records import config_params, input_tags, record_pretraining, snakemake_tags
+    from .records import config_params, input_tags, record_dataset, record_pretraining, snakemake_tags
     from .runtime import set_threads
     from .tracking import open_run
-    from .train import pretrain_colorization
+    from .pretrain import pretrain_colorization
 
     slot = pin_visible_gpu()  # noqa: F841 (held until the process exits)
     set_threads(args.threads)
@@ -78,8 +85,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
     study = cfg["study"]["name"]
     tags = {"seglab.stage": "pretrain", **input_tags(cfg, prepared, splits), **snakemake_tags(args.tag)}
-    run = open_run(cfg["tracking"], study, f"{study}/pretrain/{out.name}", f"pretrain-{out.name}", tags=tags)
+    run = open_run(cfg["tracking"], study, f"{study}/pretrain/{out.name}", f"pretrain-{out.name}", tags=tags,
+                   command="pretrain")
     run.log_params(config_params(cfg, prepared))
+    record_dataset(run, cfg, prepared, "training")
 
     def work() -> None:
         pretrain_colorization(cfg, prepared, splits, out, run)
@@ -90,7 +99,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .gpu_slots import pin_visible_gpu
-    from .records import config_params, input_tags, record_fold, snakemake_tags
+    from .records import config_params, input_tags, record_dataset, record_fold, snakemake_tags
     from .runtime import set_threads
     from .tracking import open_run
     from .train import train_fold
@@ -102,9 +111,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
     tags = {"seglab.stage": "train", "seglab.variant": variant, "seglab.fold": args.fold,
             **input_tags(cfg, prepared, splits), **snakemake_tags(args.tag)}
-    run = open_run(cfg["tracking"], study, f"{study}/{variant}/fold{args.fold}", f"{variant}-fold{args.fold}",
-                   parent_key=f"{study}/{variant}", tags=tags)
+    fold = layout.fold_name(args.fold)
+    run = open_run(cfg["tracking"], study, f"{study}/{variant}/{fold}", f"{variant}-{fold}",
+                   parent_key=f"{study}/{variant}", tags=tags, command="train")
     run.log_params(config_params(cfg, prepared))
+    record_dataset(run, cfg, prepared, "training")
     init = Path(args.init) if args.init else None
 
     def work() -> None:
@@ -116,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_variant
-    from .records import (config_params, evaluation_metrics, input_tags, record_evaluation,
+    from .records import (config_params, evaluation_metrics, input_tags, record_dataset, record_evaluation,
                           record_variant_curves, snakemake_tags)
     from .runtime import set_threads
     from .tracking import open_run
@@ -125,26 +136,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = read_json(args.config)
     study, variant = cfg["study"]["name"], cfg["variant"]
     out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
-    folds = [Path(d) for d in args.fold_dirs]
-    summaries = [read_json(d / "summary.json") for d in folds]
+    checkpoints = [Path(c) for c in args.checkpoints]
+    summaries = [read_json(s) for s in args.summaries]
     tags = {"seglab.variant": variant, **input_tags(cfg, prepared, splits)}
     # The variant's parent run keeps the headline numbers for comparing variants, and its id
     # goes into metrics.json so the report links every number to its run.
     parent = open_run(cfg["tracking"], study, f"{study}/{variant}", variant,
-                      tags={"seglab.stage": "variant", **tags}, monitor=False)
+                      tags={"seglab.stage": "variant", **tags}, monitor=False, command="evaluate")
     # Evaluation is its own child run, so re-evaluating (e.g. with --tta) is one record with its
     # own tags, beside the folds it evaluates.
     run = open_run(cfg["tracking"], study, f"{study}/{variant}/evaluate", f"{variant}-evaluate",
-                   parent_key=f"{study}/{variant}", tags={"seglab.stage": "evaluate", **tags, **snakemake_tags(args.tag)})
+                   parent_key=f"{study}/{variant}", tags={"seglab.stage": "evaluate", **tags, **snakemake_tags(args.tag)},
+                   command="evaluate")
     run.log_params({**config_params(cfg, prepared), "tta": args.tta})
+    record_dataset(run, cfg, prepared, "testing")
+    record_dataset(parent, cfg, prepared, "training")
 
     def work() -> dict:
-        metrics = evaluate_variant(cfg, prepared, splits, [d / "best.pt" for d in folds], summaries, out,
-                                   tta=args.tta, run_id=parent.run_id)
+        metrics = evaluate_variant(cfg, prepared, splits, checkpoints, summaries, out, tta=args.tta, run_id=parent.run_id)
         run.log_metrics(evaluation_metrics(metrics))
         run.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
         record_evaluation(run, cfg, out, prepared, splits)
-        for name in ("oof_per_image.csv", "per_class.csv"):
+        for name in (layout.OOF_PER_IMAGE, layout.PER_CLASS):
             run.log_artifact(out / name)
         return metrics
 
@@ -152,9 +165,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     parent.log_params(config_params(cfg, prepared))
     parent.log_metrics({k: v for k, v in evaluation_metrics(metrics).items() if not k.startswith("test_fold")})
     parent.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
-    record_variant_curves(parent, variant, folds)
+    record_variant_curves(parent, variant, [Path(h) for h in args.histories])
     ensemble = metrics["test"]["ensemble"]
-    print(f"{variant}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(folds)} folds"
+    print(f"{variant}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(checkpoints)} folds"
           f"{', flip TTA' if args.tta else ''}); pooled out-of-fold Dice {metrics['oof']['pooled']['dice']:.4f}")
 
 
@@ -163,14 +176,10 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     from .tracking import open_tracker
 
     cfg = read_json(args.config)
-    per_variant = {Path(d).name: read_json(Path(d) / "metrics.json") for d in args.eval_dirs}
+    per_variant = {layout.variant_of_eval(path): read_json(path) for path in args.evaluations}
     metrics = study_metrics(cfg["study"], per_variant)
     _write_json(Path(args.metrics), metrics)
-    histories = {}
-    for folder in args.fold_dirs:
-        folder = Path(folder)
-        histories[(folder.parent.name, int(folder.name.removeprefix("fold")))] = folder / "history.csv"
-    curves = learning_curves(histories)
+    curves = learning_curves({layout.fold_of(path): Path(path) for path in args.histories})
     Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
     curves.to_csv(args.curves, index=False)
     tracker = open_tracker(cfg["tracking"], cfg["study"]["name"])
@@ -186,8 +195,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import run_compare
 
     cfg = read_json(args.config)
-    manifest = pd.read_csv(Path(args.prepared) / "manifest.csv", dtype={"id": str, "group": str})
-    result = run_compare(cfg, {Path(d).name: Path(d) for d in args.eval_dirs}, manifest, read_json(args.splits),
+    manifest = pd.read_csv(Path(args.prepared) / layout.MANIFEST, dtype={"id": str, "group": str})
+    result = run_compare(cfg, _eval_dirs(args.evaluations), manifest, read_json(args.splits),
                          Path(args.out), Path(args.csv))
     for row in result["comparisons"]:
         print(row["sentence"])
@@ -205,8 +214,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     inputs = ReportInputs(
         study=study, metrics=read_json(args.metrics), curves=pd.read_csv(args.curves),
         prepared=Path(args.prepared), splits=read_json(args.splits), verify=read_json(args.verify),
-        eval_dirs={Path(d).name: Path(d) for d in args.eval_dirs},
-        pretrain_dirs=[Path(d) for d in args.pretrain_dirs or []],
+        eval_dirs=_eval_dirs(args.evaluations),
+        pretrain_dirs=[Path(f).parent for f in args.pretrain_samples or []],
+        augmentation_previews={layout.fold_of(f)[0]: Path(f) for f in args.augmentation_previews or []},
         comparisons=read_json(args.comparisons) if args.comparisons else None,
         stage_seconds=stage_wall_times(Path(args.benchmarks)) if args.benchmarks else {},
         versions=package_versions(), git_commit=git_commit(), config_hash=config_hash(study),
@@ -218,19 +228,19 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .apply import predict_folder
+    from .predict import predict_folder
     from .checkpoint import CheckpointError
 
     cfg = read_json(args.config)
     models = Path(args.models)
-    folds = sorted(models.glob("fold*/best.pt"), key=lambda p: int(p.parent.name.removeprefix("fold")))
+    folds = sorted(models.glob(f"{layout.fold_name('*')}/{layout.CHECKPOINT}"), key=lambda p: layout.fold_of(p)[1])
     if args.fold is not None:
-        folds = [p for p in folds if p.parent.name == f"fold{args.fold}"]
+        folds = [p for p in folds if layout.fold_of(p)[1] == args.fold]
     if not folds:
-        which = f"fold{args.fold}/best.pt" if args.fold is not None else "fold<k>/best.pt"
+        which = f"{layout.fold_name(args.fold if args.fold is not None else '<k>')}/{layout.CHECKPOINT}"
         raise CheckpointError(f"{models}: no {which}. Pass --models the variant's folder under <output_dir>/models "
                               "after its training has finished.")
-    fingerprint = read_json(Path(args.prepared) / "fingerprint.json")
+    fingerprint = read_json(Path(args.prepared) / layout.FINGERPRINT)
     records = predict_folder(cfg, fingerprint, folds, Path(args.images), Path(args.out), tta=args.tta)
     pd.DataFrame(records).to_csv(Path(args.out) / "predictions.csv", index=False)
     what = f"fold {args.fold}" if args.fold is not None else f"ensemble of {len(folds)} folds"
@@ -239,12 +249,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_track_init(args: argparse.Namespace) -> None:
     """Create the store and the experiment once, before parallel jobs start writing to it."""
-    from .tracking import open_tracker
+    from .tracking import experiment_url, open_tracker
 
     cfg = read_json(args.config)
     tracker = open_tracker(cfg["tracking"], cfg["study"]["name"])
     if tracker is not None:
-        print(f"MLflow: experiment '{tracker.experiment}' ({tracker.experiment_id}) in {tracker.uri}")
+        print(f"MLflow: experiment '{tracker.experiment}' ({tracker.experiment_id}) in {tracker.uri}; with `make ui`, "
+              f"its runs table is {experiment_url('http://127.0.0.1:5000', tracker.experiment_id)}")
 
 
 def _finish(run: Any, work: Callable[[], Any]) -> Any:
@@ -256,6 +267,11 @@ def _finish(run: Any, work: Callable[[], Any]) -> Any:
         raise
     run.finish("FINISHED")
     return result
+
+
+def _eval_dirs(metrics_files: list[str]) -> dict[str, Path]:
+    """Each variant's evaluation folder, from the metrics files the rule passes."""
+    return {layout.variant_of_eval(path): Path(path).parent for path in metrics_files}
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -321,25 +337,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", cmd_evaluate, "evaluate the fold models and their ensemble on the test set")
     p.add_argument("--prepared", required=True)
     p.add_argument("--splits", required=True)
-    p.add_argument("--fold-dirs", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="the variant's fold checkpoints")
+    p.add_argument("--summaries", nargs="+", required=True, help="their training summaries, in the same order")
+    p.add_argument("--histories", nargs="+", required=True, help="their training histories, in the same order")
+    p.add_argument("--out", required=True, help="the variant's evaluation folder")
     p.add_argument("--tta", action="store_true", help="average over flips at test time")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tag", action="append", help="key=value recorded on the MLflow run")
     p = command("aggregate", cmd_aggregate, "study metrics and learning curves")
-    p.add_argument("--eval-dirs", nargs="+", required=True)
-    p.add_argument("--fold-dirs", nargs="+", required=True)
+    p.add_argument("--evaluations", nargs="+", required=True, help="every variant's evaluation metrics.json")
+    p.add_argument("--histories", nargs="+", required=True, help="every fold's history.csv")
     p.add_argument("--metrics", required=True)
     p.add_argument("--curves", required=True)
     p = command("compare", cmd_compare, "significance tests of the variants against the baseline")
     for flag in ("--prepared", "--splits", "--out", "--csv"):
         p.add_argument(flag, required=True)
-    p.add_argument("--eval-dirs", nargs="+", required=True)
+    p.add_argument("--evaluations", nargs="+", required=True, help="every variant's evaluation metrics.json")
     p = command("report", cmd_report, "write the HTML and Markdown report")
     for flag in ("--metrics", "--curves", "--prepared", "--splits", "--verify", "--out"):
         p.add_argument(flag, required=True)
-    p.add_argument("--eval-dirs", nargs="+", required=True)
-    p.add_argument("--pretrain-dirs", nargs="*")
+    p.add_argument("--evaluations", nargs="+", required=True, help="every variant's evaluation metrics.json")
+    p.add_argument("--pretrain-samples", nargs="*", help="every colorization pretraining's samples.png")
+    p.add_argument("--augmentation-previews", nargs="*",
+                   help="fold 0's augmentation.png of each variant (those absent are variants without augmentation)")
     p.add_argument("--comparisons", help="comparisons.json of the compare stage")
     p.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs (wall time per stage)")
     p = command("predict", cmd_predict, "apply a finished variant (fold ensemble or one fold) to a folder of images")

@@ -15,13 +15,14 @@ from typing import Any
 
 import pandas as pd
 
+from . import layout
 from .stats import compare
 
 
 def test_train_ratio(splits: dict[str, Any]) -> float:
     """Mean over folds of n_validation / n_training: the Nadeau-Bengio correction term."""
     sizes = [len(f) for f in splits["folds"]]
-    total = sum(sizes)
+    total = sum(sizes) + len(splits.get("train", []))  # images every fold trains on (fixed validation)
     return statistics.fmean(n / (total - n) for n in sizes)
 
 
@@ -35,10 +36,10 @@ def real_groups(manifest: pd.DataFrame) -> dict[str, str] | None:
 def gather(eval_dirs: dict[str, Path]) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
     per_image, folds = {}, {}
     for variant, folder in eval_dirs.items():
-        table = pd.read_csv(folder / "per_image.csv", dtype={"id": str})
+        table = pd.read_csv(folder / layout.PER_IMAGE, dtype={"id": str})
         ensemble = table[table["model"] == "ensemble"]
         per_image[variant] = dict(zip(ensemble["id"], ensemble["dice"].astype(float)))
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = json.loads((folder / layout.EVAL_METRICS).read_text())
         folds[variant] = [float(f["dice"]) for f in metrics["oof"]["per_fold"]]
     return per_image, folds
 

@@ -14,13 +14,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import posixpath
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import jsonschema
 import yaml
+
+from . import layout
 
 SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
@@ -39,10 +43,12 @@ def _defaulting_validator_class() -> type:
     """A Draft 2020-12 validator that writes each property's ``default`` into the instance.
 
     Defaults are set before descending, so an object defaulted to ``{}`` gets its own
-    nested defaults filled as well.
+    nested defaults filled as well. A number must also be finite: YAML can spell ``.inf`` and
+    ``.nan``, which JSON Schema's ranges do not catch (NaN compares false to any bound).
     """
     base = jsonschema.Draft202012Validator
     validate_properties = base.VALIDATORS["properties"]
+    validate_type = base.VALIDATORS["type"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -51,7 +57,12 @@ def _defaulting_validator_class() -> type:
                     instance[name] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(base, {"properties": set_defaults})
+    def finite_type(validator, types, instance, schema):
+        yield from validate_type(validator, types, instance, schema)
+        if isinstance(instance, float) and not math.isfinite(instance):
+            yield jsonschema.ValidationError(f"{instance} is not a finite number")
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults, "type": finite_type})
 
 
 _Validator = _defaulting_validator_class()
@@ -156,6 +167,8 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
         _check_variant(merged, source, where)
         resolved[name] = merged
     cfg["variants"] = resolved
+    _check_output_dir(cfg["study"]["output_dir"], source)
+    _check_presplit(raw, cfg, source)
     _check_size_fits_models(cfg, source)
 
     baseline = cfg["study"]["baseline"]
@@ -169,6 +182,61 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
     return cfg
 
 
+# Project folders a study must not write into: the code and workflow (DVC's code dependency:
+# results there would change it and re-run every study), configs, tests, docs, the tools'
+# own folders and the raw data.
+RESERVED_DIRS = ("src", "workflow", "configs", "tests", "docs", "benchmarks", ".git", ".dvc", ".snakemake",
+                 ".venv", layout.RAW_ROOT)
+
+
+def _check_output_dir(output_dir: str, source: str) -> None:
+    """``study.output_dir`` is a folder of its own inside the project, outside code and raw data."""
+    key = f"{source}: key 'study.output_dir'"
+    fix = "Use a folder of its own inside the project, e.g. results/studies/<study name>."
+    if PurePosixPath(output_dir).is_absolute() or PureWindowsPath(output_dir).is_absolute():
+        raise ConfigError(f"{key}: {output_dir!r} is absolute; DVC versions only what lies inside the project. {fix}")
+    norm = posixpath.normpath(output_dir.replace("\\", "/"))
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        where = "the project folder itself" if norm == "." else "outside the project"
+        raise ConfigError(f"{key}: {output_dir!r} is {where}. {fix}")
+    for reserved in RESERVED_DIRS:
+        if norm == reserved or norm.startswith(reserved + "/"):
+            raise ConfigError(
+                f"{key}: {output_dir!r} is inside '{reserved}/', which holds the project's "
+                f"{'raw data' if reserved == layout.RAW_ROOT else 'code or tooling'}; results written there would mix "
+                f"with it{' (and change the code DVC tracks, re-running every study)' if reserved in ('src', 'workflow') else ''}. {fix}"
+            )
+
+
+def _check_presplit(raw: dict[str, Any], cfg: dict[str, Any], source: str) -> None:
+    """Pre-split folders (dataset.folder.train/val/test) against the flat layout and the split keys."""
+    folder, split = cfg["dataset"]["folder"], cfg["split"]
+    given = [role for role in ("train", "val", "test") if folder[role] is not None]
+    raw_folder = ((raw.get("dataset") or {}).get("folder") or {})
+    if given and "train" not in given:
+        raise ConfigError(f"{source}: key 'dataset.folder.{given[0]}': a pre-split dataset needs dataset.folder.train "
+                          "too (its images and masks folders).")
+    if given and ({"images", "masks"} & set(raw_folder)):
+        key = "images" if "images" in raw_folder else "masks"
+        raise ConfigError(f"{source}: key 'dataset.folder.{key}': give either images/masks (one folder of every image) "
+                          "or train/val/test (pre-split folders), not both.")
+    if folder["test"] is not None and (split["test_file"] or split["test_ids"]):
+        key = "test_file" if split["test_file"] else "test_ids"
+        raise ConfigError(f"{source}: key 'split.{key}': dataset.folder.test already gives the test images. Remove one of them.")
+    if split["validation"] == "fixed" and folder["val"] is None:
+        raise ConfigError(f"{source}: key 'split.validation': fixed validates on dataset.folder.val, which is not given. "
+                          "Add dataset.folder.val (images and masks) or use validation: folds.")
+    if cfg["dataset"]["source"] == "builtin" and (given or folder["unlabelled"]):
+        key = given[0] if given else "unlabelled"
+        raise ConfigError(f"{source}: key 'dataset.folder.{key}': the built-in dataset has no folders to give; "
+                          "use dataset.source: folder (or url) with it.")
+
+
+def fold_count(cfg: dict[str, Any]) -> int:
+    """Training jobs per variant: split.folds, or 1 when a fixed validation folder is the fold."""
+    return 1 if cfg["split"]["validation"] == "fixed" else cfg["split"]["folds"]
+
+
 def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
     """The U-Net halves the input ``depth`` times: the size must divide by 2**depth.
 
@@ -177,8 +245,8 @@ def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
     size = cfg["preprocess"]["size"]
     for name, variant in cfg["variants"].items():
         model = variant["model"]
-        # U-Nets halve `depth` times; smp encoders `encoder_depth` times (5 by default).
-        depth = model["depth"] if "depth" in model else model.get("encoder_depth", 5)
+        # U-Nets halve `depth` times; smp encoders `encoder_depth` times.
+        depth = model["depth"] if "depth" in model else model["encoder_depth"]
         factor = 2 ** depth
         if size % factor:
             raise ConfigError(
@@ -201,10 +269,13 @@ def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
         raise ConfigError(f"{source}: key '{where}.init_file': init is 'file' but no init_file is given. Set init_file: <path to weights>.")
     if init != "file" and variant["init_file"]:
         raise ConfigError(f"{source}: key '{where}.init_file': only read with init: file (init is '{init}'). Remove it or set init: file.")
+    # The models built on an smp encoder (smp, plain_decoder) are those whose schema branch has
+    # model.encoder; these rules are checked here only, the model builders trust them.
+    smp_encoder = "encoder" in model
     if init == "imagenet":
-        if model["name"] == "unet":
+        if not smp_encoder:
             raise ConfigError(
-                f"{source}: key '{where}.init': ImageNet weights exist only for smp encoders, not for model.name unet. "
+                f"{source}: key '{where}.init': ImageNet weights exist only for smp encoders, not for model.name {model['name']}. "
                 "Use model.name: smp or plain_decoder, or init: scratch / colorization / file."
             )
         if model["encoder"].startswith("tu-"):
@@ -218,13 +289,32 @@ def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
         )
     if variant["schedule"]["warmup_epochs"] >= train["epochs"]:
         raise ConfigError(f"{source}: key '{where}.schedule.warmup_epochs': must be below train.epochs ({train['epochs']}).")
-    if model["name"] in ("smp", "plain_decoder"):
+    if model["name"] == "unet" and isinstance(model["kernel_size"], list) and len(model["kernel_size"]) != model["depth"] + 1:
+        raise ConfigError(
+            f"{source}: key '{where}.model.kernel_size': {len(model['kernel_size'])} sides for {model['depth'] + 1} levels "
+            f"(model.depth {model['depth']} + 1). Give one per level, the full-resolution level first, or one number for all."
+        )
+    if smp_encoder:
         from .models.encoder_decoder import check_encoder
 
         try:
             check_encoder(model["encoder"])
         except ValueError as exc:
             raise _keyed(exc, source, where) from None
+        widths = model["decoder_widths"]
+        if widths is not None and len(widths) != model["encoder_depth"]:
+            raise ConfigError(
+                f"{source}: key '{where}.model.decoder_widths': {len(widths)} widths for {model['encoder_depth']} decoder "
+                "blocks (model.encoder_depth). Give one per block, the deepest first."
+            )
+        decoder_blocks = model["name"] == "plain_decoder" or model["arch"] in ("Unet", "UnetPlusPlus")
+        if not decoder_blocks and (widths is not None or model["decoder_dropout"]):
+            key = "decoder_widths" if widths is not None else "decoder_dropout"
+            raise ConfigError(
+                f"{source}: key '{where}.model.{key}': per-block widths and decoder_dropout need model.arch "
+                f"Unet or UnetPlusPlus (arch is {model['arch']}). Remove them or change the arch."
+            )
+    _check_loss(variant["loss"], source, f"{where}.loss")
     aug = variant["augmentation"]
     if aug["policy"]:
         from .data.transforms import parse_policy
@@ -239,16 +329,116 @@ def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
         )
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML study file and validate it (see :func:`validate`)."""
+def _check_loss(loss: dict[str, Any], source: str, key: str) -> None:
+    """Loss rules that span options (each option's type, range and default are the schema's).
+
+    The one rule that needs the dataset, ``class_weights`` holding one weight per class, is
+    checked when the loss is built (:func:`seglab.losses.build_loss`).
+    """
+    name = loss["name"]
+    if name == "sum":
+        for i, term in enumerate(loss["terms"]):
+            _check_loss(term, source, f"{key}.terms.{i}")
+    elif name == "focal" and loss["alpha"] is not None and loss["class_weights"] is not None:
+        raise ConfigError(
+            f"{source}: key '{key}.alpha': set either alpha (background 1-alpha, other classes alpha) or "
+            "class_weights (one factor per class), not both."
+        )
+    elif name == "tversky" and loss["alpha"] + loss["beta"] <= 0:
+        raise ConfigError(f"{source}: key '{key}.alpha': alpha + beta must be positive; e.g. alpha 0.3, beta 0.7.")
+    elif name == "weighted_dice" and loss["class_weights"] is not None and not loss["include_background"] \
+            and sum(loss["class_weights"][1:]) <= 0:
+        raise ConfigError(
+            f"{source}: key '{key}.class_weights': only the background weight is non-zero but "
+            "include_background is false; give a foreground class a positive weight."
+        )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping.
+
+    Plain YAML keeps the last of two equal keys, so a study file with ``variants:`` twice
+    would silently lose every variant of the first block.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges keys that the mapping's own keys may override
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                block = isinstance(value_node, yaml.MappingNode)
+                raise DuplicateKeyError(key, seen[key], line, self._path(node, key_node), block)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def _path(self, node: yaml.MappingNode, key_node: yaml.Node) -> str:
+        """The dotted key of ``key_node`` (``variants``, ``defaults.model`` ...)."""
+        parts = [str(self.construct_object(key_node, deep=True))]
+        target = node
+        while True:
+            parent = self._parents.get(id(target))
+            if parent is None:
+                break
+            target, name = parent
+            parts.append(name)
+        return ".".join(reversed(parts)).replace(".[", "[")
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int, path: str, block: bool) -> None:
+        super().__init__(path)
+        self.key, self.first, self.second, self.path, self.block = key, first, second, path, block
+
+
+def _index_parents(node: yaml.Node, parents: dict[int, tuple[yaml.Node, str]]) -> None:
+    """Map each nested mapping node to (its parent mapping, its key), for dotted key names."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value in node.value:
+            if isinstance(value, (yaml.MappingNode, yaml.SequenceNode)):
+                parents[id(value)] = (node, str(key_node.value))
+                _index_parents(value, parents)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            if isinstance(value, (yaml.MappingNode, yaml.SequenceNode)):
+                parents[id(value)] = (node, f"[{i}]")
+                _index_parents(value, parents)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a study file, refusing keys given twice (see :class:`_StrictLoader`).
+
+    Snakemake reads ``--configfile`` with plain YAML; the workflow calls this on the same
+    files first, so a duplicated key stops the study before Snakemake merges it away.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file. Pass an existing YAML file (e.g. config.yaml).")
+    text = path.read_text()
+    loader = _StrictLoader(text)
     try:
-        raw = yaml.safe_load(path.read_text())
+        root = loader.get_single_node()
+        loader._parents = {}
+        if root is not None:
+            _index_parents(root, loader._parents)
+        return loader.construct_document(root) if root is not None else None
+    except DuplicateKeyError as exc:
+        fix = f"Merge the two into one '{exc.key}:' block." if exc.block else f"Keep one '{exc.key}:'."
+        raise ConfigError(
+            f"{path}: key '{exc.path}' is given twice (lines {exc.first} and {exc.second}); YAML would keep only "
+            f"the second and silently drop the first. {fix}"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return validate(raw, source=str(path))
+    finally:
+        loader.dispose()
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML study file and validate it (see :func:`validate`)."""
+    return validate(read_yaml(path), source=str(path))
 
 
 def canonical_json(obj: Any) -> str:
@@ -277,6 +467,14 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
+def dataset_location(dataset: dict[str, Any]) -> str:
+    """Where a dataset's raw files lie: the user's folder, or data/raw/<name> for generated and
+    downloaded data."""
+    if dataset["source"] == "folder":
+        return dataset["folder"]["root"]
+    return layout.raw_dir(dataset["name"])
+
+
 def stage_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The per-stage config files the workflow writes under ``<output_dir>/config/``.
 
@@ -287,11 +485,14 @@ def stage_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     files: dict[str, dict[str, Any]] = {
         "dataset.json": {"dataset": cfg["dataset"]},
         "prepare.json": {"dataset": cfg["dataset"], "verify": cfg["verify"], "preprocess": cfg["preprocess"]},
+        # The split stage reads which folders a pre-split dataset gave (the roles in the manifest).
         "split.json": {"split": cfg["split"]},
         "study.json": cfg,
     }
     run_common = {
         "study": {k: study[k] for k in ("name", "seed", "device", "deterministic", "precision", "channels_last")},
+        # What a run records as its MLflow dataset input (name and where the raw data lies).
+        "dataset": {"name": cfg["dataset"]["name"], "location": dataset_location(cfg["dataset"])},
         "tracking": cfg["tracking"],
     }
     for name, variant in cfg["variants"].items():

@@ -108,10 +108,9 @@ class Execution:
 
     @classmethod
     def for_study(cls, study: dict[str, Any]) -> "Execution":
-        """From a study block: ``device``, ``precision`` and ``channels_last`` (``auto`` where a
-        config written before those keys existed lacks them)."""
+        """From a validated study block: ``device``, ``precision`` and ``channels_last``."""
         device = select_device(study["device"])
-        return cls.for_device(device, study.get("precision", "auto"), study.get("channels_last", "auto"))
+        return cls.for_device(device, study["precision"], study["channels_last"])
 
     @property
     def memory_format(self) -> torch.memory_format:

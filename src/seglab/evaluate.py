@@ -28,14 +28,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import layout
 from .data.dataset import PreparedData, SegmentationDataset
+from .data.loaders import make_loader
 from .data.splits import fold_ids
 from .engine import Execution
 from .metrics import METRIC_NAMES, confusion_counts, hd95, scores_from_counts, summarize
 from .models import output_channels
-from .predict import labels_from_probabilities, load_models, predict_batch, predict_ensemble
+from .inference import labels_from_probabilities, load_models, predict_batch, predict_ensemble
 from .stats import t_interval
-from .train import foreground_classes, make_loader
 
 PER_CLASS_METRICS = ("dice", "iou", "precision", "recall")
 # Images per inference batch: no gradients are kept, so it can be larger than training's.
@@ -103,13 +104,13 @@ def cv_summary(fold_summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def out_of_fold(models: list[torch.nn.Module], data: PreparedData, splits: dict[str, Any], execution: Execution,
-                tta: bool) -> tuple[pd.DataFrame, torch.Tensor, list[torch.Tensor]]:
+def out_of_fold(models: list[torch.nn.Module], folds: list[int], data: PreparedData, splits: dict[str, Any],
+                execution: Execution, tta: bool) -> tuple[pd.DataFrame, torch.Tensor, list[torch.Tensor]]:
     """Each fold's model on its own validation fold: per-image table, pooled counts, counts per fold."""
-    fg = foreground_classes(data)
+    fg = data.foreground_classes
     device = execution.device
     tables, per_fold = [], []
-    for k, model in enumerate(models):
+    for k, model in zip(folds, models):
         _, val_ids = fold_ids(splits, k)
         loader = make_loader(SegmentationDataset(data, val_ids), EVAL_BATCH, False, 0, 0, device)
         counts = []
@@ -118,7 +119,7 @@ def out_of_fold(models: list[torch.nn.Module], data: PreparedData, splits: dict[
             counts.append(confusion_counts(labels, targets.to(device), data.num_classes, data.ignore_index).cpu())
         stacked = torch.cat(counts)
         per_fold.append(stacked)
-        table = per_image_table(stacked, val_ids, fg, f"fold{k}")
+        table = per_image_table(stacked, val_ids, fg, layout.fold_name(k))
         table.insert(1, "fold", k)
         tables.append(table)
     return pd.concat(tables, ignore_index=True), torch.cat(per_fold), per_fold
@@ -138,12 +139,13 @@ def evaluate_variant(
     execution = Execution.for_study(variant["study"])
     device = execution.device
     data = PreparedData(prepared)
-    fg = foreground_classes(data)
+    fg = data.foreground_classes
     classes = list(data.fingerprint["classes"])
     test_ids = splits["test"]
     loader = make_loader(SegmentationDataset(data, test_ids), EVAL_BATCH, False, 0, 0, device)
     models = load_models(checkpoints, variant["model"], output_channels(data.num_classes, variant["model"]["binary_head"]), execution)
-    names = [f"fold{k}" for k in range(len(models))] + ["ensemble"]
+    folds = [layout.fold_of(path)[1] for path in checkpoints]
+    names = [layout.fold_name(k) for k in folds] + ["ensemble"]
     counts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     boundary: list[float] = []
     ensemble_labels: list[np.ndarray] = []
@@ -169,17 +171,17 @@ def evaluate_variant(
     per_image.loc[per_image["model"] == "ensemble", "hd95"] = boundary
     test["ensemble"]["hd95"] = nanmean(boundary)
 
-    oof_table, oof_counts, oof_per_fold = out_of_fold(models, data, splits, execution, tta)
+    oof_table, oof_counts, oof_per_fold = out_of_fold(models, folds, data, splits, execution, tta)
     class_tables.append(per_class_table(oof_counts, classes, "oof", "pooled"))
     oof = {"pooled": summarize(oof_counts, fg),
            "per_fold": [summarize(c, fg) for c in oof_per_fold],
            "images": int(len(oof_counts))}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_image.to_csv(out_dir / "per_image.csv", index=False)
-    oof_table.to_csv(out_dir / "oof_per_image.csv", index=False)
-    pd.concat(class_tables, ignore_index=True).to_csv(out_dir / "per_class.csv", index=False)
-    np.save(out_dir / "ensemble_predictions.npy", np.stack(ensemble_labels))
+    per_image.to_csv(out_dir / layout.PER_IMAGE, index=False)
+    oof_table.to_csv(out_dir / layout.OOF_PER_IMAGE, index=False)
+    pd.concat(class_tables, ignore_index=True).to_csv(out_dir / layout.PER_CLASS, index=False)
+    np.save(out_dir / layout.ENSEMBLE_PREDICTIONS, np.stack(ensemble_labels))
     metrics = {
         "variant": variant["variant"],
         "test_images": len(test_ids),
@@ -197,5 +199,5 @@ def evaluate_variant(
         "run_ids": [s.get("run_id") for s in fold_summaries],
         "variant_run_id": run_id,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    (out_dir / layout.EVAL_METRICS).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics

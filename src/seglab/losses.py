@@ -23,7 +23,6 @@ class 0 as well (for a 1-logit head the background channel is ``1 - sigmoid``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,65 +31,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # A builder gets (loss config block, num_classes, ignore_index, config key of the block).
+# The block is a validated one: the schema gives every option its type, range and default,
+# and seglab.config checks the rules that span options; builders only read the values.
 LossBuilder = Callable[[dict[str, Any], int, int | None, str], nn.Module]
 
-# Keys every block may hold: its name, and its weight when it is a term of 'sum'.
-_COMMON_KEYS = ("name", "weight")
 _EPS = 1e-7
 
 
 # ---------------------------------------------------------------------------------------------
-# Config helpers
+# Config helper
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_keys(cfg: dict[str, Any], allowed: tuple[str, ...], key: str) -> None:
-    """Reject options the named loss does not read, so a typo is not silently ignored.
-
-    ``None`` values are tolerated: a schema may fill unused options with null defaults.
-    """
-    known = _COMMON_KEYS + allowed
-    for option, value in cfg.items():
-        if option not in known and value is not None:
-            raise ValueError(
-                f"key '{key}.{option}': '{cfg.get('name')}' has no option '{option}'. "
-                f"Remove it; '{cfg.get('name')}' accepts: {', '.join(allowed) or 'no options'}."
-            )
-
-
-def _number(cfg: dict[str, Any], option: str, default: float, key: str, *, low: float = 0.0,
-            high: float = math.inf) -> float:
-    """Read a finite float option in ``[low, high]``."""
-    value = cfg.get(option)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise ValueError(
-            f"key '{key}.{option}': got {value!r}; set it to a number between {low} and {high}."
-        )
-    return float(value)
-
-
-def _flag(cfg: dict[str, Any], option: str, default: bool, key: str) -> bool:
-    value = cfg.get(option)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ValueError(f"key '{key}.{option}': got {value!r}; set it to true or false.")
-    return value
-
-
 def _class_weights(cfg: dict[str, Any], num_classes: int, key: str) -> Tensor | None:
-    """Read ``class_weights``: ``num_classes`` non-negative numbers, index 0 first, or None."""
-    value = cfg.get("class_weights")
+    """``class_weights`` as a tensor, or None. Their number must match the dataset's classes,
+    which only the prepared data knows, so that one rule is checked here and not in the config."""
+    value = cfg["class_weights"]
     if value is None:
         return None
-    ok = isinstance(value, (list, tuple)) and len(value) == num_classes and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-        for w in value
-    )
-    if not ok or sum(value) <= 0:
+    if len(value) != num_classes:
         raise ValueError(
             f"key '{key}.class_weights': got {value!r}; give {num_classes} non-negative numbers "
             f"(one per class, index 0 first, not all zero)."
@@ -415,80 +374,42 @@ class SumLoss(nn.Module):
 
 
 def _build_bce(cfg: dict[str, Any], num_classes: int, ignore_index: int | None, key: str) -> nn.Module:
-    _check_keys(cfg, ("pos_weight",), key)
-    pos_weight = cfg.get("pos_weight")
-    if pos_weight is not None:
-        pos_weight = _number(cfg, "pos_weight", 1.0, key, low=_EPS)
-    return BCELoss(key, num_classes, ignore_index, pos_weight)
+    pos_weight = cfg["pos_weight"]
+    return BCELoss(key, num_classes, ignore_index, None if pos_weight is None else float(pos_weight))
 
 
 def _build_ce(cfg: dict[str, Any], num_classes: int, ignore_index: int | None, key: str) -> nn.Module:
-    _check_keys(cfg, ("class_weights",), key)
     return CELoss(key, num_classes, ignore_index, _class_weights(cfg, num_classes, key))
 
 
 def _build_dice(cfg: dict[str, Any], num_classes: int, ignore_index: int | None, key: str) -> nn.Module:
-    _check_keys(cfg, ("smooth", "include_background"), key)
-    return DiceLoss(key, num_classes, ignore_index, _number(cfg, "smooth", 1.0, key),
-                    _flag(cfg, "include_background", False, key))
+    return DiceLoss(key, num_classes, ignore_index, float(cfg["smooth"]), cfg["include_background"])
 
 
 def _build_weighted_dice(cfg: dict[str, Any], num_classes: int, ignore_index: int | None,
                          key: str) -> nn.Module:
-    _check_keys(cfg, ("class_weights", "smooth", "include_background"), key)
-    include_background = _flag(cfg, "include_background", False, key)
-    weights = _class_weights(cfg, num_classes, key)
-    if weights is not None and not include_background and weights[1:].sum() <= 0:
-        raise ValueError(
-            f"key '{key}.class_weights': only the background weight is non-zero but "
-            f"include_background is false; give a foreground class a positive weight."
-        )
-    return WeightedDiceLoss(key, num_classes, ignore_index, _number(cfg, "smooth", 1.0, key),
-                            include_background, weights)
+    return WeightedDiceLoss(key, num_classes, ignore_index, float(cfg["smooth"]), cfg["include_background"],
+                            _class_weights(cfg, num_classes, key))
 
 
 def _build_focal(cfg: dict[str, Any], num_classes: int, ignore_index: int | None, key: str) -> nn.Module:
-    _check_keys(cfg, ("gamma", "alpha", "class_weights"), key)
-    if cfg.get("alpha") is not None and cfg.get("class_weights") is not None:
-        raise ValueError(
-            f"key '{key}.alpha': set either alpha (background 1-alpha, other classes alpha) or "
-            f"class_weights (one factor per class), not both."
-        )
     class_alpha = _class_weights(cfg, num_classes, key)
-    if cfg.get("alpha") is not None:
-        alpha = _number(cfg, "alpha", 0.25, key, low=0.0, high=1.0)
+    if cfg["alpha"] is not None:  # never together with class_weights (a config rule)
+        alpha = float(cfg["alpha"])
         class_alpha = torch.full((num_classes,), alpha)
         class_alpha[0] = 1 - alpha
-    return FocalLoss(key, num_classes, ignore_index, _number(cfg, "gamma", 2.0, key), class_alpha)
+    return FocalLoss(key, num_classes, ignore_index, float(cfg["gamma"]), class_alpha)
 
 
 def _build_tversky(cfg: dict[str, Any], num_classes: int, ignore_index: int | None,
                    key: str) -> nn.Module:
-    _check_keys(cfg, ("alpha", "beta", "smooth", "include_background"), key)
-    alpha = _number(cfg, "alpha", 0.3, key)
-    beta = _number(cfg, "beta", 0.7, key)
-    if alpha + beta <= 0:
-        raise ValueError(f"key '{key}.alpha': alpha + beta must be positive; e.g. alpha 0.3, beta 0.7.")
-    return TverskyLoss(key, num_classes, ignore_index, alpha, beta,
-                       _number(cfg, "smooth", 1.0, key), _flag(cfg, "include_background", False, key))
+    return TverskyLoss(key, num_classes, ignore_index, float(cfg["alpha"]), float(cfg["beta"]),
+                       float(cfg["smooth"]), cfg["include_background"])
 
 
 def _build_sum(cfg: dict[str, Any], num_classes: int, ignore_index: int | None, key: str) -> nn.Module:
-    _check_keys(cfg, ("terms",), key)
-    terms_cfg = cfg.get("terms")
-    if not isinstance(terms_cfg, list) or not terms_cfg:
-        raise ValueError(
-            f"key '{key}.terms': 'sum' needs a non-empty list of losses, e.g. "
-            f"[{{name: bce, weight: 0.5}}, {{name: dice, weight: 0.5}}]."
-        )
-    terms, weights = [], []
-    for i, term_cfg in enumerate(terms_cfg):
-        term_key = f"{key}.terms[{i}]"
-        if not isinstance(term_cfg, dict):
-            raise ValueError(f"key '{term_key}': got {term_cfg!r}; give a mapping like {{name: dice}}.")
-        weights.append(_number(term_cfg, "weight", 1.0, term_key))
-        terms.append(_build(term_cfg, num_classes, ignore_index, term_key))
-    return SumLoss(terms, weights)
+    terms = [_build(term, num_classes, ignore_index, f"{key}.terms[{i}]") for i, term in enumerate(cfg["terms"])]
+    return SumLoss(terms, [float(term["weight"]) for term in cfg["terms"]])
 
 
 LOSSES: dict[str, LossBuilder] = {
@@ -508,21 +429,17 @@ def loss_names() -> list[str]:
 
 
 def _build(cfg: dict[str, Any], num_classes: int, ignore_index: int | None, key: str) -> nn.Module:
-    name = cfg.get("name")
-    if name not in LOSSES:
-        raise ValueError(f"key '{key}.name': unknown loss {name!r}. Use one of: {', '.join(LOSSES)}.")
-    return LOSSES[name](cfg, num_classes, ignore_index, key)
+    return LOSSES[cfg["name"]](cfg, num_classes, ignore_index, key)
 
 
 def build_loss(cfg: dict[str, Any], num_classes: int, ignore_index: int | None) -> nn.Module:
-    """Build the loss named by ``cfg["name"]`` (the variant's validated ``loss`` block).
+    """Build the loss named by ``cfg["name"]`` from the variant's validated ``loss`` block
+    (:func:`seglab.config.validate` filled its defaults and checked its options).
 
     Returns a module called as ``loss(logits (N,C,H,W), target (N,H,W) long) -> scalar``.
-    Config errors raise ValueError naming the key (``loss.<option>``); a head of the wrong type
-    raises ValueError when the loss is called (the head is only known then).
+    What only the data tells raises ValueError naming the key: ``class_weights`` of another
+    length than ``num_classes`` here, a head of the wrong type when the loss is called.
     """
-    if not isinstance(cfg, dict):
-        raise ValueError(f"key 'loss': got {cfg!r}; give a mapping such as {{name: bce}}.")
     if num_classes < 2:
         raise ValueError(f"num_classes is {num_classes}; a dataset needs at least 2 classes "
                          f"(background and foreground).")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import layout
 from .config import config_hash, flatten, read_json
 
 
@@ -43,7 +44,7 @@ def input_tags(cfg: dict[str, Any], prepared: Path | None = None, splits: dict[s
     """Hashes that identify a run's inputs: its resolved config, the prepared data, the split."""
     tags = {"seglab.config_hash": config_hash(cfg), "seglab.device": device_tag(cfg["study"]["device"])}
     if prepared is not None:
-        tags["seglab.data_hash"] = config_hash(read_json(prepared / "fingerprint.json"))
+        tags["seglab.data_hash"] = config_hash(read_json(prepared / layout.FINGERPRINT))
     if splits is not None:
         tags["seglab.splits_hash"] = config_hash(splits)
     return tags
@@ -54,10 +55,19 @@ def config_params(cfg: dict[str, Any], prepared: Path | None = None) -> dict[str
     the facts of the prepared data it trained on (``data.num_images`` ...)."""
     params = flatten({k: v for k, v in cfg.items() if k != "tracking"})
     if prepared is not None:
-        fp = read_json(prepared / "fingerprint.json")
+        fp = read_json(prepared / layout.FINGERPRINT)
         params.update({f"data.{k}": fp[k] for k in ("num_images", "size", "policy", "num_classes") if k in fp})
         params["data.classes"] = json.dumps(fp.get("classes"))
     return params
+
+
+def record_dataset(run: Any, cfg: dict[str, Any], prepared: Path, context: str) -> None:
+    """The run's dataset as an MLflow dataset input: its name, seglab's fingerprint hash as the
+    digest (the same value as the ``seglab.data_hash`` tag) and the raw data as its source."""
+    fp = read_json(prepared / layout.FINGERPRINT)
+    profile = {k: fp[k] for k in ("num_images", "size", "policy", "num_classes", "classes") if k in fp}
+    dataset = cfg["dataset"]
+    run.log_dataset(dataset["name"], config_hash(fp), dataset["location"], context, profile)
 
 
 def record_config(run: Any, cfg: dict[str, Any], name: str) -> None:
@@ -80,17 +90,17 @@ def record_fold(run: Any, cfg: dict[str, Any], out_dir: Path, fold: int, prepare
     itself when ``tracking.log_model`` asks for it."""
     from .report import figures
 
-    history = pd.read_csv(out_dir / "history.csv")
+    history = pd.read_csv(out_dir / layout.HISTORY)
     history.insert(0, "fold", fold)
     history.insert(0, "variant", cfg["variant"])
     run.log_bytes(figures.learning_curves(history, cfg["variant"]), "plots/learning_curves.png")
     record_config(run, cfg, "variant")
-    record_weights(run, out_dir / "best.pt")
-    if cfg["tracking"].get("log_model"):
+    record_weights(run, out_dir / layout.CHECKPOINT)
+    if cfg["tracking"]["log_model"]:
         import numpy as np
 
-        fp = read_json(prepared / "fingerprint.json")
-        model = load_fold_model(cfg, out_dir / "best.pt", fp["num_classes"])
+        fp = read_json(prepared / layout.FINGERPRINT)
+        model = load_fold_model(cfg, out_dir / layout.CHECKPOINT, fp["num_classes"])
         # An example input lets MLflow record the model's signature (input and output shapes).
         example = np.zeros((1, 3, fp["size"], fp["size"]), dtype=np.float32)
         run.log_pytorch_model(model, "model", _pip_requirements(), example)
@@ -120,9 +130,9 @@ def _pip_requirements() -> list[str]:
 def record_pretraining(run: Any, cfg: dict[str, Any], out_dir: Path) -> None:
     from .report import figures
 
-    run.log_bytes(figures.pretrain_curve(pd.read_csv(out_dir / "history.csv")), "plots/learning_curve.png")
+    run.log_bytes(figures.pretrain_curve(pd.read_csv(out_dir / layout.HISTORY)), "plots/learning_curve.png")
     record_config(run, cfg, "pretrain")
-    record_weights(run, out_dir / "weights.pt")
+    record_weights(run, out_dir / layout.PRETRAINED)
 
 
 def evaluation_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -142,22 +152,22 @@ def record_evaluation(run: Any, cfg: dict[str, Any], eval_dir: Path, prepared: P
     from .report import figures
     from .report.document import sample_rows
 
-    run.log_artifact(eval_dir / "per_image.csv")
-    run.log_artifact(eval_dir / "metrics.json")
+    run.log_artifact(eval_dir / layout.PER_IMAGE)
+    run.log_artifact(eval_dir / layout.EVAL_METRICS)
     data = PreparedData(prepared)
     rows = sample_rows(data, splits["test"], eval_dir)
     run.log_bytes(figures.sample_grid(rows, data.num_classes), "plots/sample_overlays.png")
     record_config(run, cfg, "variant")
 
 
-def record_variant_curves(run: Any, variant: str, fold_dirs: list[Path]) -> None:
+def record_variant_curves(run: Any, variant: str, histories: list[Path]) -> None:
     """Every fold's learning curve of one variant in one PNG, on the variant's parent run."""
     from .report import figures
 
     frames = []
-    for k, folder in enumerate(fold_dirs):
-        frame = pd.read_csv(folder / "history.csv")
-        frame.insert(0, "fold", int(folder.name.removeprefix("fold")) if folder.name.startswith("fold") else k)
+    for path in histories:
+        frame = pd.read_csv(path)
+        frame.insert(0, "fold", layout.fold_of(path)[1])
         frame.insert(0, "variant", variant)
         frames.append(frame)
     run.log_bytes(figures.learning_curves(pd.concat(frames, ignore_index=True), variant), "plots/learning_curves.png")

@@ -92,9 +92,13 @@ class EpochSchedule:
         return lr
 
 
-def build_schedule(cfg: dict[str, Any], base_lr: float, epochs: int, mode: str) -> EpochSchedule:
-    """From a variant's ``schedule`` block; ``mode`` is the direction of the plateau monitor."""
+def build_schedule(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, epochs: int, mode: str) -> EpochSchedule:
+    """From a variant's ``schedule`` block; ``mode`` is the direction of the plateau monitor.
+
+    The peak rate is the one ``optimizer`` was built with (``optimizer.lr`` is read there
+    only), as torch's own schedulers take their base rates from the optimiser.
+    """
     return EpochSchedule(
-        name=cfg["name"], base_lr=base_lr, epochs=epochs, warmup_epochs=cfg["warmup_epochs"],
+        name=cfg["name"], base_lr=optimizer.param_groups[0]["lr"], epochs=epochs, warmup_epochs=cfg["warmup_epochs"],
         min_lr=cfg["min_lr"], power=cfg["power"], factor=cfg["factor"], patience=cfg["patience"], mode=mode,
     )

@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -21,6 +22,14 @@ from filelock import FileLock
 T = TypeVar("T")
 KEY_TAG = "seglab.key"
 DEFAULT_URI = "sqlite:///mlflow.db"
+# MLflow's mark of an experiment's type: "custom_model_development" is a model-training
+# experiment (runs, metrics, models), as opposed to "genai_development" (traces, prompts).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# The MLflow 3 UI picks its layout from a per-browser switch (GenAI / Model training) that it
+# reads from the page's `workflowType` parameter, and opens every experiment on the GenAI
+# overview unless told; experiment_url() links straight to the runs table.
+UI_WORKFLOW = "machine_learning"
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -47,6 +56,30 @@ def git_tags(cwd: Path | None = None) -> dict[str, str]:
     status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
     dirty = "unknown" if status is None else str(bool(status.strip())).lower()
     return {"seglab.commit": commit, "mlflow.source.git.commit": commit, "seglab.git_dirty": dirty}
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """What the runs table's Source column shows: the seglab stage that wrote the run."""
+    return {"mlflow.source.name": f"seglab {command}", "mlflow.source.type": "JOB"}
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at ``ui`` (e.g. http://127.0.0.1:5000)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW}"
+
+
+def print_ui_links(uri: str | None = None, ui: str = "http://127.0.0.1:5000") -> None:
+    """The runs table of every seglab study in the store, as ``make ui`` prints them."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(uri)
+    experiments = [e for e in MlflowClient(tracking_uri=uri).search_experiments()
+                   if e.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING]
+    print(f"MLflow UI on {ui} for {uri}; each study's runs table:")
+    for experiment in experiments:
+        print(f"  {experiment.name:<28} {experiment_url(ui, experiment.experiment_id)}")
+    if not experiments:
+        print("  (no study recorded yet: run one with `make run`)")
 
 
 def _retry(call: Callable[[], T], attempts: int = 30) -> T:
@@ -109,6 +142,32 @@ class Run:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         _retry(lambda: self.client.log_batch(self.run_id, tags=items))
 
+    def log_dataset(self, name: str, digest: str, location: str, context: str,
+                    profile: dict[str, Any] | None = None) -> None:
+        """Record the run's dataset as an MLflow dataset input (the runs table's Dataset column).
+
+        ``digest`` is seglab's data fingerprint hash; ``location`` the raw data (a folder or a
+        URL, e.g. a DVC remote), resolved by MLflow's dataset-source registry. Logging the same
+        dataset again (a resumed job) adds nothing.
+        """
+        import json
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        uri = location if "://" in location else Path(location).resolve().as_uri()
+        with warnings.catch_warnings():
+            # A file:// URI matches MLflow's local source twice over; it warns and picks it.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(uri)
+        dataset = Dataset(name=name, digest=digest, source_type=source._get_source_type(), source=source.to_json(),
+                          profile=json.dumps(profile, sort_keys=True) if profile else None)
+        logged = _retry(lambda: self.client.get_run(self.run_id)).inputs.dataset_inputs
+        if any(d.dataset.name == name and d.dataset.digest == digest for d in logged):
+            return
+        tags = [InputTag("mlflow.data.context", context)]
+        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)]))
+
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         if Path(path).exists():
             _retry(lambda: self.client.log_artifact(self.run_id, str(path), folder))
@@ -169,6 +228,8 @@ class NullRun(Run):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def logged_steps(self, key: str) -> set[int]: return set()
     def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_dataset(self, name: str, digest: str, location: str, context: str,
+                    profile: dict[str, Any] | None = None) -> None: ...
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
     def log_bytes(self, data: bytes, artifact_file: str) -> None: ...
     def log_pytorch_model(self, model: Any, name: str = "model", pip_requirements: list[str] | None = None,
@@ -194,13 +255,17 @@ class Tracker:
         self.experiment_id = self._experiment_id()
 
     def _experiment_id(self) -> str:
+        """The study's experiment, created (or restored) and marked as a model-training one."""
         with _lock(self.uri):
             found = _retry(lambda: self.client.get_experiment_by_name(self.experiment))
-            if found is not None:
-                if found.lifecycle_stage == "deleted":
-                    _retry(lambda: self.client.restore_experiment(found.experiment_id))
-                return found.experiment_id
-            return _retry(lambda: self.client.create_experiment(self.experiment))
+            if found is None:
+                return _retry(lambda: self.client.create_experiment(self.experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}))
+            if found.lifecycle_stage == "deleted":
+                _retry(lambda: self.client.restore_experiment(found.experiment_id))
+            if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+                # Stores from before this tag existed, or an experiment made by hand.
+                _retry(lambda: self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING))
+            return found.experiment_id
 
     def _find(self, key: str) -> str | None:
         runs = _retry(lambda: self.client.search_runs(
@@ -213,7 +278,9 @@ class Tracker:
         with _lock(self.uri):
             parent_id = None
             if parent_key is not None:
-                parent_id = self._find(parent_key) or self._create(parent_key, parent_key.split("/")[-1], None, {})
+                # A parent made by its first child names the same stage as the child.
+                source = {k: v for k, v in (tags or {}).items() if k.startswith("mlflow.source.")}
+                parent_id = self._find(parent_key) or self._create(parent_key, parent_key.split("/")[-1], None, source)
             run_id = self._find(key) or self._create(key, name, parent_id, tags or {})
         run = Run(self.client, run_id, self.uri)
         if _retry(lambda: self.client.get_run(run_id)).info.status != "RUNNING":
@@ -241,19 +308,23 @@ class Tracker:
 
 
 def open_tracker(tracking_cfg: dict[str, Any], experiment: str) -> Tracker | None:
-    if not tracking_cfg.get("enabled", True):
+    if not tracking_cfg["enabled"]:
         return None
-    return Tracker(resolve_uri(tracking_cfg.get("uri")), experiment)
+    return Tracker(resolve_uri(tracking_cfg["uri"]), experiment)
 
 
 def open_run(tracking_cfg: dict[str, Any], experiment: str, key: str, name: str,
-             parent_key: str | None = None, tags: dict[str, Any] | None = None, monitor: bool = True) -> Run:
-    """Open (or continue) the run ``key``; with ``tracking.system_metrics`` it samples the machine."""
+             parent_key: str | None = None, tags: dict[str, Any] | None = None, monitor: bool = True,
+             command: str | None = None) -> Run:
+    """Open (or continue) the run ``key``; with ``tracking.system_metrics`` it samples the machine.
+
+    ``command`` is the seglab stage writing the run (``train`` ...), shown as its Source.
+    """
     tracker = open_tracker(tracking_cfg, experiment)
     if tracker is None:
         return NullRun()
-    base = {**git_tags(), "seglab.study": experiment}
+    base = {**git_tags(), "seglab.study": experiment, **(source_tags(command) if command else {})}
     run = tracker.open(key, name, parent_key, {**base, **(tags or {})})
-    if monitor and tracking_cfg.get("system_metrics", False):
-        run.start_system_metrics(float(tracking_cfg.get("system_metrics_interval", 10.0)))
+    if monitor and tracking_cfg["system_metrics"]:
+        run.start_system_metrics(float(tracking_cfg["system_metrics_interval"]))
     return run

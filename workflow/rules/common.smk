@@ -6,14 +6,20 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from seglab.config import ConfigError, pretrain_key, stage_configs, validate, write_if_changed
+from seglab import layout
+from seglab.config import ConfigError, fold_count, pretrain_key, read_yaml, stage_configs, validate, write_if_changed
 
 
 def _raw_config():
     # A study given with --configfile replaces config.yaml instead of merging into it,
     # so variants of the default study never leak into another study.
+    # Snakemake parsed the files with plain YAML, which keeps the last of two equal keys;
+    # reading them again strictly turns a duplicated `variants:` into an error.
     if workflow.overwrite_configfiles:
+        for path in workflow.overwrite_configfiles:
+            read_yaml(path)
         return workflow.config_settings.overwrite_config, ", ".join(map(str, workflow.overwrite_configfiles))
+    read_yaml("config.yaml")
     return config, "config.yaml"
 
 
@@ -25,16 +31,23 @@ except ConfigError as error:
 # The interpreter running Snakemake has seglab installed: call it directly, whatever PATH says.
 SEGLAB = f"{sys.executable} -m seglab"
 OUT = CFG["study"]["output_dir"]
-STAGE = f"{OUT}/config"
-LOGS = f"{OUT}/logs"
+# Every path below output_dir comes from the layout module the library names its files with.
+L = layout.StudyLayout(OUT)
+STAGE = L.stage_configs
+LOGS = L.logs
 VARIANTS = list(CFG["variants"])
-FOLDS = list(range(CFG["split"]["folds"]))
-RAW = f"data/raw/{CFG['dataset']['name']}"
-PREPARED = f"{OUT}/data/prepared"
+# One fold per split.folds, or the one fixed validation folder of a pre-split dataset.
+FOLDS = list(range(fold_count(CFG)))
+RAW = layout.raw_dir(CFG["dataset"]["name"])
+PREPARED = L.prepared
 
 # Stage configs are written only when their content changes: a job re-runs when the
 # part of config.yaml it depends on changes, not when any key does.
 Path(LOGS).mkdir(parents=True, exist_ok=True)
+# dvc.yaml's one stage template lists every study folder as an out, and DVC refuses a
+# missing out: a study without colorization pretraining keeps an empty pretrain/.
+for _folder in L.versioned_dirs:
+    Path(_folder).mkdir(parents=True, exist_ok=True)
 for _relpath, _content in stage_configs(CFG).items():
     write_if_changed(Path(STAGE) / _relpath, _content)
 
@@ -57,7 +70,7 @@ TRAIN_THREADS = 4 if GPU else 1
 
 
 def pretrain_dir(variant):
-    return f"{OUT}/pretrain/{pretrain_key(CFG['variants'][variant])}"
+    return L.pretrain_dir(pretrain_key(CFG["variants"][variant]))
 
 
 def get_raw_dir(wildcards=None):
@@ -71,7 +84,7 @@ def get_init_weights(wildcards):
     """The weights a variant starts from: its colorization pretraining or its init_file."""
     variant = CFG["variants"][wildcards.variant]
     if variant["init"] == "colorization":
-        return f"{pretrain_dir(wildcards.variant)}/weights.pt"
+        return f"{pretrain_dir(wildcards.variant)}/{layout.PRETRAINED}"
     if variant["init"] == "file":
         return variant["init_file"]
     return []
@@ -81,7 +94,7 @@ def _refuse_colorization_on_grey():
     """Once the prepared images exist, a grey dataset refuses init: colorization before any job runs
     (on the first run the pretrain job itself refuses, with the same message)."""
     users = [v for v in VARIANTS if CFG["variants"][v]["init"] == "colorization"]
-    images = Path(PREPARED) / "images.npy"
+    images = Path(L.prepared_file(layout.IMAGES))
     if users and images.is_file():
         from seglab.data.colour import colorization_refusal
 
@@ -93,13 +106,26 @@ def _refuse_colorization_on_grey():
 _refuse_colorization_on_grey()
 
 
-def pretrain_dirs():
-    return sorted({pretrain_dir(v) for v in VARIANTS if CFG["variants"][v]["init"] == "colorization"})
+def pretrain_samples():
+    """The samples figure of every colorization pretraining the study runs."""
+    dirs = sorted({pretrain_dir(v) for v in VARIANTS if CFG["variants"][v]["init"] == "colorization"})
+    return [f"{d}/{layout.COLORIZATION_SAMPLES}" for d in dirs]
 
 
-def fold_dirs(variant):
-    return [f"{OUT}/models/{variant}/fold{k}" for k in FOLDS]
+def fold_files(variant, name):
+    """File ``name`` of every fold of ``variant`` (a wildcard or a name), in fold order."""
+    return [L.fold_file(variant, k, name) for k in FOLDS]
+
+
+def get_fold_files(name):
+    """Input function: file ``name`` of every fold of the job's variant."""
+    return lambda wildcards: fold_files(wildcards.variant, name)
+
+
+def eval_files(name):
+    """File ``name`` of every variant's evaluation."""
+    return [L.eval_file(v, name) for v in VARIANTS]
 
 
 def final_outputs():
-    return [f"{OUT}/report/index.html", f"{OUT}/metrics.json"]
+    return [f"{L.report_dir}/index.html", L.metrics]

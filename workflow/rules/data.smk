@@ -9,45 +9,45 @@ rule download:
     log:
         f"{LOGS}/download.log",
     benchmark:
-        f"{OUT}/benchmarks/download.tsv"
+        f"{L.benchmarks}/download.tsv"
     shell:
         "{SEGLAB} download --config {input.config} --out {output} > {log} 2>&1"
 
 
 rule verify:
     output:
-        report=f"{OUT}/data/verify.json",
+        report=L.verify_report,
     input:
         config=f"{STAGE}/prepare.json",
         raw=get_raw_dir(),
     log:
         f"{LOGS}/verify.log",
     benchmark:
-        f"{OUT}/benchmarks/verify.tsv"
+        f"{L.benchmarks}/verify.tsv"
     shell:
         "{SEGLAB} verify --config {input.config} --raw {input.raw} --out {output.report} > {log} 2>&1"
 
 
 rule preprocess:
     output:
-        images=f"{PREPARED}/images.npy",
-        masks=f"{PREPARED}/masks.npy",
-        manifest=f"{PREPARED}/manifest.csv",
-        fingerprint=f"{PREPARED}/fingerprint.json",
+        images=L.prepared_file(layout.IMAGES),
+        masks=L.prepared_file(layout.MASKS),
+        manifest=L.prepared_file(layout.MANIFEST),
+        fingerprint=L.prepared_file(layout.FINGERPRINT),
     input:
         config=f"{STAGE}/prepare.json",
         verify=rules.verify.output.report,
     log:
         f"{LOGS}/preprocess.log",
     benchmark:
-        f"{OUT}/benchmarks/preprocess.tsv"
+        f"{L.benchmarks}/preprocess.tsv"
     shell:
         "{SEGLAB} preprocess --config {input.config} --verify {input.verify} --out {PREPARED} > {log} 2>&1"
 
 
 rule split:
     output:
-        splits=f"{OUT}/data/splits.json",
+        splits=L.splits,
     input:
         config=f"{STAGE}/split.json",
         manifest=rules.preprocess.output.manifest,

@@ -4,9 +4,9 @@
 
 rule pretrain:
     output:
-        weights=f"{OUT}/pretrain/{{arch}}/weights.pt",
-        history=f"{OUT}/pretrain/{{arch}}/history.csv",
-        samples=f"{OUT}/pretrain/{{arch}}/samples.png",
+        weights=f"{L.pretrain_dir('{arch}')}/{layout.PRETRAINED}",
+        history=f"{L.pretrain_dir('{arch}')}/{layout.HISTORY}",
+        samples=f"{L.pretrain_dir('{arch}')}/{layout.COLORIZATION_SAMPLES}",
     input:
         config=f"{STAGE}/pretrain/{{arch}}.json",
         prepared=rules.preprocess.output,
@@ -14,11 +14,13 @@ rule pretrain:
     log:
         f"{LOGS}/pretrain/{{arch}}.log",
     benchmark:
-        f"{OUT}/benchmarks/pretrain/{{arch}}.tsv"
+        f"{L.benchmarks}/pretrain/{{arch}}.tsv"
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
+    params:
+        out=lambda wildcards: L.pretrain_dir(wildcards.arch),
     shell:
         "{SEGLAB} pretrain --config {input.config} --prepared {PREPARED} --splits {input.splits}"
-        " --out {OUT}/pretrain/{wildcards.arch} --threads {threads}"
+        " --out {params.out} --threads {threads}"
         " --tag rule=pretrain --tag arch={wildcards.arch} > {log} 2>&1"

@@ -4,10 +4,10 @@
 
 rule report:
     output:
-        html=report(f"{OUT}/report/index.html", caption="../report/index.rst", category="Report"),
-        summary=f"{OUT}/report/summary.md",
+        html=report(f"{L.report_dir}/index.html", caption="../report/index.rst", category="Report"),
+        summary=f"{L.report_dir}/summary.md",
         figures=report(
-            directory(f"{OUT}/report/figures"),
+            directory(f"{L.report_dir}/figures"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
@@ -20,15 +20,20 @@ rule report:
         prepared=rules.preprocess.output,
         splits=rules.split.output.splits,
         verify=rules.verify.output.report,
-        evaluations=expand(f"{OUT}/eval/{{variant}}/per_image.csv", variant=VARIANTS),
-        pretrain=[f"{d}/samples.png" for d in pretrain_dirs()],
+        evaluations=eval_files(layout.EVAL_METRICS),
+        per_image=eval_files(layout.PER_IMAGE),
+        per_class=eval_files(layout.PER_CLASS),
+        predictions=eval_files(layout.ENSEMBLE_PREDICTIONS),
+        pretrain_samples=pretrain_samples(),
     params:
-        eval_dirs=[f"{OUT}/eval/{v}" for v in VARIANTS],
-        pretrain_dirs=pretrain_dirs(),
+        # Not inputs: train writes augmentation.png only for variants that augment, as an extra
+        # beside its declared outputs, before the checkpoint every evaluation (an input) needs.
+        previews=[L.fold_file(v, 0, layout.AUGMENTATION_PREVIEW) for v in VARIANTS],
     log:
         f"{LOGS}/report.log",
     shell:
         "{SEGLAB} report --config {input.config} --metrics {input.metrics} --curves {input.curves}"
-        " --comparisons {input.comparisons} --benchmarks {OUT}/benchmarks"
+        " --comparisons {input.comparisons} --benchmarks {L.benchmarks}"
         " --prepared {PREPARED} --splits {input.splits} --verify {input.verify}"
-        " --eval-dirs {params.eval_dirs} --pretrain-dirs {params.pretrain_dirs} --out {OUT}/report > {log} 2>&1"
+        " --evaluations {input.evaluations} --pretrain-samples {input.pretrain_samples}"
+        " --augmentation-previews {params.previews} --out {L.report_dir} > {log} 2>&1"

@@ -4,14 +4,14 @@
 # not a declared output, so Snakemake does not delete it when the job fails or is killed.
 # Started again (`snakemake --rerun-incomplete`, or `--retries N` for automatic restarts)
 # the job continues from its last epoch and ends with the numbers of an uninterrupted run.
-# .resume/ is removed once best.pt, history.csv and summary.json are written.
+# .resume/ is removed once the checkpoint, history and summary are written.
 
 
 rule train:
     output:
-        checkpoint=f"{OUT}/models/{{variant}}/fold{{fold}}/best.pt",
-        history=f"{OUT}/models/{{variant}}/fold{{fold}}/history.csv",
-        summary=f"{OUT}/models/{{variant}}/fold{{fold}}/summary.json",
+        checkpoint=L.fold_file("{variant}", "{fold}", layout.CHECKPOINT),
+        history=L.fold_file("{variant}", "{fold}", layout.HISTORY),
+        summary=L.fold_file("{variant}", "{fold}", layout.SUMMARY),
     input:
         config=f"{STAGE}/variants/{{variant}}.json",
         prepared=rules.preprocess.output,
@@ -19,10 +19,11 @@ rule train:
         init=get_init_weights,
     params:
         init=lambda wildcards, input: f"--init {input.init}" if input.init else "",
+        out=lambda wildcards: L.fold_dir(wildcards.variant, wildcards.fold),
     log:
         f"{LOGS}/train/{{variant}}/fold{{fold}}.log",
     benchmark:
-        f"{OUT}/benchmarks/train/{{variant}}/fold{{fold}}.tsv"
+        f"{L.benchmarks}/train/{{variant}}/fold{{fold}}.tsv"
     wildcard_constraints:
         fold=r"\d+",
     threads: TRAIN_THREADS
@@ -30,6 +31,6 @@ rule train:
         gpu=GPU,
     shell:
         "{SEGLAB} train --config {input.config} --prepared {PREPARED} --splits {input.splits}"
-        " --fold {wildcards.fold} {params.init} --out {OUT}/models/{wildcards.variant}/fold{wildcards.fold}"
+        " --fold {wildcards.fold} {params.init} --out {params.out}"
         " --threads {threads} --tag rule=train --tag variant={wildcards.variant} --tag fold={wildcards.fold}"
         " > {log} 2>&1"

@@ -10,6 +10,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .. import layout
+
 # A dataset key: an index, or (augmentation seed, index) as SeededShuffle yields them.
 Key = int | tuple[int, int]
 
@@ -56,10 +58,10 @@ class PreparedData:
         import json
 
         self.folder = Path(folder)
-        self.images = np.load(self.folder / "images.npy", mmap_mode="r")
-        self.masks = np.load(self.folder / "masks.npy", mmap_mode="r")
-        self.manifest = pd.read_csv(self.folder / "manifest.csv", dtype={"id": str, "group": str})
-        self.fingerprint: dict[str, Any] = json.loads((self.folder / "fingerprint.json").read_text())
+        self.images = np.load(self.folder / layout.IMAGES, mmap_mode="r")
+        self.masks = np.load(self.folder / layout.MASKS, mmap_mode="r")
+        self.manifest = pd.read_csv(self.folder / layout.MANIFEST, dtype={"id": str, "group": str})
+        self.fingerprint: dict[str, Any] = json.loads((self.folder / layout.FINGERPRINT).read_text())
         self._row = {id_: i for i, id_ in enumerate(self.manifest["id"])}
 
     @property
@@ -69,6 +71,11 @@ class PreparedData:
     @property
     def ignore_index(self) -> int | None:
         return self.fingerprint["ignore_index"]
+
+    @property
+    def foreground_classes(self) -> list[int]:
+        """Every class but the background (0): what the headline scores average over."""
+        return list(range(1, self.num_classes))
 
     def indices(self, ids: Sequence[str]) -> np.ndarray:
         return np.array([self._row[i] for i in ids], dtype=np.int64)

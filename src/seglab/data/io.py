@@ -21,8 +21,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 # and padding are both mapped to it), so every later stage needs one convention only.
 IGNORE = 255
 
-MASK_ENCODINGS = ("binary", "labels", "grey_levels", "rgb")
-
 
 class DataError(ValueError):
     """A problem with the user's data files, naming the file and the fix."""

@@ -2,7 +2,7 @@
 
 Outputs (one folder): ``images.npy`` (N, S, S, 3) uint8, ``masks.npy`` (N, S, S) uint8
 class indices with 255 = ignore, ``manifest.csv`` (one row per image: id, source
-paths, sha256, original size, group, per-class pixel counts) and ``fingerprint.json``
+paths, sha256, original size, group, role in a pre-split dataset, per-class pixel counts) and ``fingerprint.json``
 (normalisation mean/std, class frequencies, size statistics). Training reads the
 arrays with ``mmap_mode='r'`` and never decodes an image file per epoch.
 """
@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from .. import layout
 from .io import IGNORE, DataError, decode_mask, read_image
 
 
@@ -54,15 +55,18 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
     classes = verify_report["classes"]
     num_classes = len(classes["names"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = np.lib.format.open_memmap(out_dir / "images.npy.tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size, 3))
-    masks = np.lib.format.open_memmap(out_dir / "masks.npy.tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size))
+    images = np.lib.format.open_memmap(out_dir / f"{layout.IMAGES}.tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size, 3))
+    masks = np.lib.format.open_memmap(out_dir / f"{layout.MASKS}.tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size))
     rows = []
     # Running sums in float64 keep the per-channel statistics exact for any dataset size.
     channel_sum = np.zeros(3)
     channel_sq = np.zeros(3)
     for i, pair in enumerate(tqdm(pairs, desc="preprocess", unit="img", file=sys.stderr, mininterval=5.0)):
         image = read_image(Path(pair["image"]))
-        mask, unknown = decode_mask(Path(pair["mask"]), classes)
+        if pair["mask"] is None:  # an unlabelled image (colorization only): every pixel ignored
+            mask, unknown = np.full(image.shape[:2], IGNORE, np.uint8), None
+        else:
+            mask, unknown = decode_mask(Path(pair["mask"]), classes)
         if unknown:  # verification refuses such pairs: the file changed since it was verified
             raise DataError(f"{pair['mask']}: unknown mask values {unknown} (the file changed since verification). Re-run verify.")
         img, msk = fit_to_size(image, mask, size, policy)
@@ -75,15 +79,17 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
             "index": i, "id": pair["id"], "group": pair["group"], "image": pair["image"], "mask": pair["mask"],
             "sha256_image": pair["sha256_image"], "sha256_mask": pair["sha256_mask"],
             "orig_height": pair["height"], "orig_width": pair["width"],
+            # train/val/test/unlabelled for a pre-split dataset (empty otherwise): what the split reads.
+            "role": pair.get("role") or "",
             **{f"pixels_{k}": int(c) for k, c in enumerate(counts)},
         })
     images.flush()
     masks.flush()
     del images, masks
-    (out_dir / "images.npy.tmp").replace(out_dir / "images.npy")
-    (out_dir / "masks.npy.tmp").replace(out_dir / "masks.npy")
+    (out_dir / f"{layout.IMAGES}.tmp").replace(out_dir / layout.IMAGES)
+    (out_dir / f"{layout.MASKS}.tmp").replace(out_dir / layout.MASKS)
     manifest = pd.DataFrame(rows)
-    manifest.to_csv(out_dir / "manifest.csv", index=False)
+    manifest.to_csv(out_dir / layout.MANIFEST, index=False)
 
     n_pixels = len(pairs) * size * size
     mean = channel_sum / n_pixels
@@ -105,9 +111,9 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         "orig_width": _stats(manifest["orig_width"]),
         "groups": int(manifest["group"].nunique()),
         "ignored_pixel_fraction": round(1 - float(class_pixels.sum()) / max(n_pixels, 1), 6),
-        "cache_bytes": int((out_dir / "images.npy").stat().st_size + (out_dir / "masks.npy").stat().st_size),
+        "cache_bytes": int((out_dir / layout.IMAGES).stat().st_size + (out_dir / layout.MASKS).stat().st_size),
     }
-    (out_dir / "fingerprint.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+    (out_dir / layout.FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
     return fingerprint
 
 

@@ -110,14 +110,55 @@ def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: 
     }
 
 
+def make_presplit_splits(manifest: pd.DataFrame, validation: str, folds: int, test_fraction: float,
+                         seed: int) -> dict[str, Any]:
+    """Splits of a pre-split dataset, from the manifest's ``role`` column, used as given.
+
+    The test set is the test folder (else a grouped ``test_fraction`` of train + val). With
+    ``validation: fixed`` the val folder is the one fold and the train folder is always trained
+    on (``train``); with ``folds``, train and val together are cut into ``folds`` folds.
+    Unlabelled images are listed apart (``unlabelled``) for colorization pretraining only.
+    """
+    roles = manifest["role"].fillna("").astype(str)
+    ids_of = {role: sorted(manifest.loc[roles == role, "id"].astype(str)) for role in ("train", "val", "test", "unlabelled")}
+    labelled = manifest[roles.isin(["train", "val", "test"])].reset_index(drop=True)
+    if validation == "fixed":
+        if not ids_of["val"]:
+            raise DataError("split.validation is fixed but no image of dataset.folder.val passed verification. Check the folder.")
+        pool = labelled[labelled["role"] != "val"]
+        test = ids_of["test"] or make_splits(pool, 2, test_fraction, seed)["test"]
+        train = sorted(set(ids_of["train"]) - set(test))
+        out = {"seed": seed, "test_source": "folder" if ids_of["test"] else "fraction",
+               "test_fraction": round(len(test) / max(len(labelled), 1), 6), "test": test,
+               "folds": [ids_of["val"]], "train": train,
+               "counts": {"test": len(test), "folds": [len(ids_of["val"])], "train": len(train)},
+               "test_ids_missing": []}
+        fg = _foreground(labelled).to_numpy()
+        ids = labelled["id"].astype(str).to_numpy()
+        out["foreground_fraction"] = {"test": _mean(fg, ids, test), "folds": [_mean(fg, ids, ids_of["val"])]}
+    else:
+        out = make_splits(labelled, folds, test_fraction, seed, ids_of["test"] or None)
+        if ids_of["test"]:
+            out["test_source"] = "folder"
+    out["validation"] = validation
+    out["unlabelled"] = ids_of["unlabelled"]
+    return out
+
+
 def _mean(values: np.ndarray, ids: np.ndarray, subset: list[str]) -> float:
     return round(float(values[np.isin(ids, subset)].mean()), 6)
 
 
 def fold_ids(splits: dict[str, Any], fold: int) -> tuple[list[str], list[str]]:
-    """(train ids, validation ids) of one fold: validate on fold k, train on the others."""
+    """(train ids, validation ids) of one fold: validate on fold k, train on the others (and on
+    the images every fold trains on, ``train``, when a fixed validation folder is the fold)."""
     if not 0 <= fold < len(splits["folds"]):
         raise ValueError(f"fold {fold} does not exist; the splits have {len(splits['folds'])} folds")
     val = splits["folds"][fold]
-    train = sorted(i for k, f in enumerate(splits["folds"]) if k != fold for i in f)
+    train = sorted([i for k, f in enumerate(splits["folds"]) if k != fold for i in f] + list(splits.get("train", [])))
     return train, val
+
+
+def training_pool(splits: dict[str, Any]) -> list[str]:
+    """Every image that some fold trains or validates on (never a test image)."""
+    return sorted({i for fold in splits["folds"] for i in fold} | set(splits.get("train", [])))

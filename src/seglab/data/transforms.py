@@ -1,7 +1,8 @@
 """Augmentation policies: albumentations pipelines applied to image and mask together.
 
 A variant's policy is its ``preset`` (``none``, ``flip``, ``light``, ``heavy``) followed by
-the transforms of its ``policy`` list, each ``{name: <albumentations class>, params: {...}}``.
+the transforms of its ``policy`` list, each ``{name: <albumentations class>, params: {...}}``
+or a group ``{one_of: [<transforms>], p: ...}`` of which one is applied.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def _transform_classes() -> dict[str, type]:
     }
 
 
-def parse_policy(items: list[dict[str, Any]]) -> list[A.BasicTransform]:
-    """``[{name, params}]`` -> albumentations transforms; ValueError naming the item.
+def parse_policy(items: list[dict[str, Any]], key: str = "augmentation.policy") -> list[A.BasicTransform]:
+    """``[{name, params} | {one_of: [...], p}]`` -> albumentations transforms; ValueError naming the item.
+
+    ``{one_of: [t1, t2, ...], p}`` applies one of its transforms (picked uniformly, or by their
+    own ``p`` as weights) with probability ``p`` (albumentations' ``OneOf``).
 
     Transforms that invent pixels (rotation, shift, elastic ...) take ``fill_mask`` = the
     ignore label unless the item sets it, so invented borders are never scored as background.
@@ -58,27 +62,37 @@ def parse_policy(items: list[dict[str, Any]]) -> list[A.BasicTransform]:
     classes = _transform_classes()
     transforms = []
     for i, item in enumerate(items):
-        key = f"augmentation.policy[{i}]"
-        name, params = item.get("name"), dict(item.get("params") or {})
-        cls = classes.get(name)
-        if cls is None:
-            close = [n for n in classes if isinstance(name, str) and name.lower()[:4] in n.lower()][:6]
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"{key}.name: {name!r} is not an albumentations image/mask transform.{hint}")
-        accepted = [n for n, p in inspect.signature(cls).parameters.items() if p.kind != p.VAR_KEYWORD]
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            raise ValueError(f"{key}.params: {name} has no parameter {unknown[0]!r}; it accepts: {', '.join(accepted)}.")
-        if "fill_mask" in accepted and "fill_mask" not in params:
-            params["fill_mask"] = IGNORE
-        # YAML has no tuples: albumentations wants (low, high) ranges.
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        try:
-            transforms.append(cls(**params))
-        except Exception as exc:  # albumentations raises TypeError or pydantic's ValidationError
-            first = str(exc).strip().splitlines()
-            raise ValueError(f"{key}.params: {name} refuses {params}: {' '.join(first[:3])}") from None
+        where = f"{key}[{i}]"
+        if "one_of" in item:
+            members = item["one_of"]
+            if not members or any("one_of" in m for m in members):
+                raise ValueError(f"{where}.one_of: list one or more transforms ({{name, params}}), not nested one_of groups.")
+            transforms.append(A.OneOf(parse_policy(members, f"{where}.one_of"), p=item.get("p", 1.0)))
+            continue
+        transforms.append(_transform(classes, item, where))
     return transforms
+
+
+def _transform(classes: dict[str, type], item: dict[str, Any], key: str) -> A.BasicTransform:
+    name, params = item.get("name"), dict(item.get("params") or {})
+    cls = classes.get(name)
+    if cls is None:
+        close = [n for n in classes if isinstance(name, str) and name.lower()[:4] in n.lower()][:6]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"{key}.name: {name!r} is not an albumentations image/mask transform.{hint}")
+    accepted = [n for n, p in inspect.signature(cls).parameters.items() if p.kind != p.VAR_KEYWORD]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"{key}.params: {name} has no parameter {unknown[0]!r}; it accepts: {', '.join(accepted)}.")
+    if "fill_mask" in accepted and "fill_mask" not in params:
+        params["fill_mask"] = IGNORE
+    # YAML has no tuples: albumentations wants (low, high) ranges.
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    try:
+        return cls(**params)
+    except Exception as exc:  # albumentations raises TypeError or pydantic's ValidationError
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"{key}.params: {name} refuses {params}: {' '.join(first[:3])}") from None
 
 
 def build_augmentation(cfg: dict, seed: int) -> A.Compose | None:

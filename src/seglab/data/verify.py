@@ -32,13 +32,17 @@ def dataset_root(dataset: dict[str, Any], raw_dir: Path | None) -> Path:
     return raw_dir
 
 
-def _index(folder: Path, pattern: str, what: str) -> tuple[dict[str, Path], list[str]]:
-    """Files of ``folder`` by the regex's ``id`` group, and the image files the regex left out."""
+def _index(folder: Path, pattern: str, what: str, key: str | None = None) -> tuple[dict[str, Path], list[str]]:
+    """Files of ``folder`` by the regex's ``id`` group, and the image files the regex left out.
+
+    ``key`` is the config key naming the folder (default ``what``: images or masks).
+    """
+    key = key or what
     if not folder.is_dir():
-        raise DataError(f"{folder}: the {what} folder does not exist. Check dataset.folder.root and dataset.folder.{what}.")
+        raise DataError(f"{folder}: the {what} folder does not exist. Check dataset.folder.root and dataset.folder.{key}.")
     files = [p for p in sorted(folder.iterdir()) if p.is_file()]
     if not files:
-        raise DataError(f"{folder}: the {what} folder is empty. Put the {what} there or fix dataset.folder.{what}.")
+        raise DataError(f"{folder}: the {what} folder is empty. Put the {what} there or fix dataset.folder.{key}.")
     regex = re.compile(pattern)
     found: dict[str, Path] = {}
     left_out: list[str] = []
@@ -59,13 +63,14 @@ def _index(folder: Path, pattern: str, what: str) -> tuple[dict[str, Path], list
     return found, left_out
 
 
-def discover_pairs(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
+def discover_pairs(root: Path, folder_cfg: dict[str, Any], what: str = "") -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
     """Pair images with masks by the ``id`` group of the two regexes.
 
+    ``what`` prefixes the config keys named in errors (``train.`` for dataset.folder.train.images).
     Returns (pairs, problems: lone images and masks, image files no regex matched).
     """
-    images, images_left = _index(root / folder_cfg["images"], folder_cfg["image_regex"], "images")
-    masks, masks_left = _index(root / folder_cfg["masks"], folder_cfg["mask_regex"], "masks")
+    images, images_left = _index(root / folder_cfg["images"], folder_cfg["image_regex"], "images", f"{what}images")
+    masks, masks_left = _index(root / folder_cfg["masks"], folder_cfg["mask_regex"], "masks", f"{what}masks")
     if not images:
         raise DataError(
             f"{root / folder_cfg['images']}: no image matches dataset.folder.image_regex "
@@ -90,13 +95,50 @@ def discover_pairs(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[st
     return pairs, problems, images_left + masks_left
 
 
+# The parts of a pre-split dataset (dataset.folder.train/val/test, and unlabelled images).
+ROLES = ("train", "val", "test")
+UNLABELLED = "unlabelled"
+
+
+def discover_layout(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[str]]:
+    """Pairs of a flat dataset (images/ + masks/), or of each pre-split folder plus unlabelled images.
+
+    A pre-split pair's id is ``<role>/<file id>`` (a frame named alike in train/ and test/ stays two
+    images) and carries its ``role``; unlabelled images have no mask. Groups come from the file id.
+    """
+    given = [role for role in ROLES if folder_cfg.get(role)]
+    if not given:
+        pairs, problems, left_out = discover_pairs(root, folder_cfg)
+    else:
+        pairs, problems, left_out = [], [], []
+        for role in given:
+            part = {**folder_cfg, "images": folder_cfg[role]["images"], "masks": folder_cfg[role]["masks"]}
+            found, trouble, left = discover_pairs(root, part, what=f"{role}.")
+            pairs += [{**p, "id": f"{role}/{p['id']}", "role": role} for p in found]
+            problems += [{**p, "id": f"{role}/{p['id']}"} for p in trouble]
+            left_out += left
+    if folder_cfg.get(UNLABELLED):
+        folder = root / folder_cfg[UNLABELLED]
+        images, left = _index(folder, folder_cfg["image_regex"], "images", key=f"{UNLABELLED}")
+        pairs += [{"id": f"{UNLABELLED}/{key}", "image": str(path), "mask": None, "group": f"{UNLABELLED}/{key}",
+                   "role": UNLABELLED} for key, path in images.items()]
+        left_out += left
+    return pairs, problems, left_out
+
+
 def check_pair(pair: dict[str, Any], classes: dict[str, Any]) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
-    """Decode one pair; return its record (size, hashes) or the problems found."""
+    """Decode one pair; return its record (size, hashes) or the problems found.
+
+    An unlabelled image (``mask`` None) is checked alone: it only has to decode.
+    """
     problems = []
     try:
         image = read_image(Path(pair["image"]))
     except DataError as exc:
         return None, [{"id": pair["id"], "file": pair["image"], "problem": str(exc)}]
+    if pair["mask"] is None:
+        return {**pair, "height": int(image.shape[0]), "width": int(image.shape[1]),
+                "sha256_image": sha256_file(Path(pair["image"])), "sha256_mask": None}, []
     try:
         mask, unknown = decode_mask(Path(pair["mask"]), classes)
     except DataError as exc:
@@ -131,19 +173,26 @@ def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[s
     dataset = effective_dataset(dataset)
     classes = resolve_classes(dataset, root)
     layout = _builtin_layout() if dataset["source"] == "builtin" else dataset["folder"]
-    pairs, problems, left_out = discover_pairs(root, layout)
+    pairs, problems, left_out = discover_layout(root, layout)
     ok: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str | None]] = {}
     for pair in pairs:
         record, found = check_pair(pair, classes)
         problems.extend(found)
         if record is None:
             continue
-        if record["sha256_image"] in seen:
-            problems.append({"id": pair["id"], "file": pair["image"],
-                             "problem": f"duplicate (same sha256) of {seen[record['sha256_image']]}"})
+        first = seen.get(record["sha256_image"])
+        if pair.get("role") == UNLABELLED:
+            # Colorizing copies of training images is fine; copies of test images would leak them.
+            if first is not None and first[1] in ("test", UNLABELLED):
+                problems.append({"id": pair["id"], "file": pair["image"],
+                                 "problem": f"duplicate (same sha256) of {'test image ' if first[1] == 'test' else ''}{first[0]}"})
+                continue
+        elif first is not None:
+            problems.append({"id": pair["id"], "file": pair["image"], "problem": f"duplicate (same sha256) of {first[0]}"})
             continue
-        seen[record["sha256_image"]] = pair["image"]
+        if first is None or pair.get("role") != UNLABELLED:
+            seen[record["sha256_image"]] = (pair["image"], pair.get("role"))
         ok.append(record)
     report = {
         "root": str(root),

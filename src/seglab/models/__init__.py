@@ -31,8 +31,8 @@ def _unet(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module
         batch_norm=cfg["batch_norm"],
         dropout=cfg["dropout"],
         upsample=cfg["upsample"],
-        kernel_size=cfg.get("kernel_size", 3),
-        dropout_in=cfg.get("dropout_in", ("bottleneck", "decoder")),
+        kernel_size=cfg["kernel_size"],  # one side, or one per level
+        dropout_in=cfg["dropout_in"],
     )
 
 
@@ -56,16 +56,21 @@ MODELS: dict[str, Callable[[dict[str, Any], int, int], nn.Module]] = {
     "plain_decoder": _plain_decoder,
 }
 
-# Models whose encoder is an smp encoder, hence can start from ImageNet weights.
-SMP_ENCODER_MODELS = ("smp", "plain_decoder")
-
-
 def build_model(cfg: dict[str, Any], in_channels: int, out_channels: int) -> nn.Module:
-    try:
-        builder = MODELS[cfg["name"]]
-    except KeyError:
-        raise ValueError(f"model.name: unknown model {cfg['name']!r}; known: {', '.join(MODELS)}") from None
-    return builder(cfg, in_channels, out_channels)
+    """The network of a validated ``model`` block (:func:`seglab.config.validate` checked the
+    name, the options and the encoder)."""
+    model = MODELS[cfg["name"]](cfg, in_channels, out_channels)
+    if cfg["output_activation"] == "relu":
+        # A ReLU on the logits (the output layer of the Oxford-Pet report's ResNet34-UNet): the
+        # losses still read them as logits, so negative evidence is cut off. A forward hook keeps
+        # the module tree, hence the weight names, the same as without it.
+        model.register_forward_hook(relu_output)
+    return model
+
+
+def relu_output(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of ``output_activation: relu`` (a named function, so models still pickle)."""
+    return torch.relu(output)
 
 
 def output_channels(num_classes: int, binary_head: str) -> int:

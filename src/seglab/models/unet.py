@@ -1,7 +1,8 @@
 """A parametric U-Net (Ronneberger et al., 2015) whose every choice is a config key.
 
 Shape contract: input (N, in_channels, H, W) with H and W divisible by 2**depth;
-output (N, out_channels, H, W) logits. The contracting path is ``self.encoder`` (so it
+output (N, out_channels, H, W) logits. ``kernel_size`` may give one side per level (the
+lab reports' variants put a 7x7 kernel on the first level only). The contracting path is ``self.encoder`` (so it
 can be frozen or initialised like any other encoder) and the final 1x1 convolution is
 ``self.head`` (so pretrained weights transfer to everything but the head).
 """
@@ -12,11 +13,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-
-# Where dropout may go: the encoder levels above the bottleneck, the bottleneck (deepest
-# encoder level) and the decoder levels. The lab reports put it in bottleneck + decoder.
-DROPOUT_PLACES = ("encoder", "bottleneck", "decoder")
-
 
 def conv_block(in_ch: int, out_ch: int, batch_norm: bool, dropout: float, kernel_size: int = 3) -> nn.Sequential:
     """Two same-padded convolutions; bias is redundant before batch norm, so it is dropped there."""
@@ -30,6 +26,12 @@ def conv_block(in_ch: int, out_ch: int, batch_norm: bool, dropout: float, kernel
     if dropout > 0:
         layers.append(nn.Dropout2d(dropout))
     return nn.Sequential(*layers)
+
+
+def level_kernels(kernel_size: int | Sequence[int], depth: int) -> list[int]:
+    """One kernel side per level (``depth + 1``: the full-resolution level first, the bottleneck
+    last); an int is the same side everywhere (the config checked sides and count)."""
+    return [kernel_size] * (depth + 1) if isinstance(kernel_size, int) else list(kernel_size)
 
 
 class Up(nn.Module):
@@ -49,40 +51,41 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
+    """The ``model`` options of ``name: unet``, as the validated config gives them (their
+    values, ranges and defaults are the schema's). ``dropout_in`` names where dropout goes:
+    ``encoder`` (the levels above the bottleneck), ``bottleneck`` (the deepest encoder level)
+    and ``decoder``."""
+
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        base: int = 16,
-        depth: int = 3,
-        batch_norm: bool = True,
-        dropout: float = 0.0,
-        upsample: str = "transpose",
-        kernel_size: int = 3,
-        dropout_in: Sequence[str] = ("bottleneck", "decoder"),
+        *,
+        base: int,
+        depth: int,
+        batch_norm: bool,
+        dropout: float,
+        upsample: str,
+        kernel_size: int | Sequence[int],
+        dropout_in: Sequence[str],
     ) -> None:
         super().__init__()
-        if upsample not in ("transpose", "bilinear"):
-            raise ValueError(f"model.upsample must be 'transpose' or 'bilinear', got {upsample!r}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"model.kernel_size must be an odd positive integer (3, 5, 7), got {kernel_size}")
-        unknown = set(dropout_in) - set(DROPOUT_PLACES)
-        if unknown:
-            raise ValueError(f"model.dropout_in: unknown place(s) {sorted(unknown)}; use {', '.join(DROPOUT_PLACES)}")
+        kernels = level_kernels(kernel_size, depth)
         widths = [base * 2**i for i in range(depth + 1)]
         self.depth = depth
 
         def rate(place: str) -> float:
             return dropout if place in dropout_in else 0.0
 
-        levels = [conv_block(in_channels, widths[0], batch_norm, rate("encoder"), kernel_size)]
+        levels = [conv_block(in_channels, widths[0], batch_norm, rate("encoder"), kernels[0])]
         for i in range(depth):
             place = "bottleneck" if i == depth - 1 else "encoder"
-            levels.append(conv_block(widths[i], widths[i + 1], batch_norm, rate(place), kernel_size))
+            levels.append(conv_block(widths[i], widths[i + 1], batch_norm, rate(place), kernels[i + 1]))
         self.encoder = nn.ModuleList(levels)
         self.pool = nn.MaxPool2d(2)
+        # The decoder block of level i uses the kernel of encoder level i (mirror image).
         self.decoder = nn.ModuleList(
-            [Up(widths[i + 1], widths[i], upsample, batch_norm, rate("decoder"), kernel_size) for i in reversed(range(depth))]
+            [Up(widths[i + 1], widths[i], upsample, batch_norm, rate("decoder"), kernels[i]) for i in reversed(range(depth))]
         )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from . import SMP_ENCODER_MODELS, transfer_weights
+from . import transfer_weights
 from .freeze import encoder_of
 
 INITS = ("scratch", "colorization", "file", "imagenet")
@@ -69,11 +69,6 @@ def imagenet_cache_file(encoder: str) -> Path:
     import segmentation_models_pytorch as smp
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if encoder.startswith("tu-"):
-        raise CheckpointError(
-            f"init: imagenet supports smp's own encoders; for {encoder!r} download the timm weights and "
-            "use init: file with init_file: <path>."
-        )
     settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {}).get("imagenet")
     if settings is None:
         raise CheckpointError(f"model.encoder {encoder!r} has no ImageNet weights in smp; use init: scratch, colorization or file.")
@@ -102,9 +97,7 @@ def initialise(model: nn.Module, variant: dict[str, Any], weights: Path | None) 
             raise CheckpointError(f"variant {variant.get('variant')!r} has init: {init} but no weights file was given.")
         result = load_matching(model, read_state_dict(weights), str(weights))
         return {"init": init, "loaded": len(result["loaded"]), "skipped": len(result["skipped"]), "source": str(weights)}
-    if init == "imagenet":
-        if variant["model"]["name"] not in SMP_ENCODER_MODELS:
-            raise CheckpointError(f"init: imagenet needs an smp encoder (model.name: {' or '.join(SMP_ENCODER_MODELS)}).")
+    if init == "imagenet":  # the config allows it for smp's own encoders only
         from safetensors.torch import load_file
 
         path = imagenet_cache_file(variant["model"]["encoder"])

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import layout
 from ..config import config_hash
 from ..data.dataset import PreparedData
 from . import figures
@@ -48,6 +49,8 @@ class ReportInputs:
     verify: dict[str, Any]
     eval_dirs: dict[str, Path]
     pretrain_dirs: list[Path] = field(default_factory=list)
+    # Fold 0's augmentation.png of each variant that augments: what its network was shown.
+    augmentation_previews: dict[str, Path] = field(default_factory=dict)
     comparisons: dict[str, Any] | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -161,9 +164,9 @@ def significance_markdown(comparisons: dict[str, Any] | None) -> list[str]:
 
 def sample_rows(data: PreparedData, test_ids: list[str], eval_dir: Path) -> list[dict[str, Any]]:
     """Best, median and worst test image of a variant's ensemble, by Dice."""
-    per_image = pd.read_csv(eval_dir / "per_image.csv", dtype={"id": str})
+    per_image = pd.read_csv(eval_dir / layout.PER_IMAGE, dtype={"id": str})
     ensemble = per_image[per_image["model"] == "ensemble"].reset_index(drop=True)
-    predictions = np.load(eval_dir / "ensemble_predictions.npy")
+    predictions = np.load(eval_dir / layout.ENSEMBLE_PREDICTIONS)
     order = ensemble["dice"].to_numpy().argsort(kind="stable")
     picks = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
     rows = []
@@ -178,7 +181,7 @@ def sample_rows(data: PreparedData, test_ids: list[str], eval_dir: Path) -> list
 
 def per_class_html(eval_dir: Path) -> str:
     """Per-class scores of the test ensemble and the pooled OOF predictions."""
-    table = pd.read_csv(eval_dir / "per_class.csv")
+    table = pd.read_csv(eval_dir / layout.PER_CLASS)
     table = table[(table["model"] == "ensemble") | (table["set"] == "oof")]
     head = "<tr><th>set</th><th>class</th><th>images with class</th><th>Dice</th><th>IoU</th><th>precision</th><th>recall</th></tr>"
     body = "".join(
@@ -195,7 +198,7 @@ def run_ids_html(metrics: dict[str, Any], pretrain_dirs: list[Path]) -> str:
         folds = ", ".join(f"fold {k}: <code>{html.escape(str(r))}</code>" for k, r in enumerate(ids.get("folds") or []))
         rows.append(f"<tr><th>{html.escape(name)}</th><td><code>{html.escape(str(ids.get('variant')))}</code></td><td>{folds}</td></tr>")
     for folder in pretrain_dirs:
-        summary = folder / "summary.json"
+        summary = folder / layout.SUMMARY
         run_id = json.loads(summary.read_text()).get("run_id") if summary.is_file() else None
         rows.append(f"<tr><th>pretrain {html.escape(folder.name)}</th><td><code>{html.escape(str(run_id))}</code></td><td></td></tr>")
     return ("<p>Every number above comes from these MLflow runs (variant = parent run holding the test and OOF "
@@ -270,15 +273,28 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 "<h2>Metrics</h2><div class=grid>",
                 figs.add("metric_bars", figures.metric_bars_ci(table), "metric bars with 95% CI"),
                 figs.add("radar", figures.radar(table, RADAR), "radar chart of the variants"),
-                "</div><h2>Learning curves</h2><div class=grid>"]
+                "</div>",
+                figs.add("metric_and_loss_bars", figures.metric_and_loss_bars(
+                    table, figures.best_epoch_losses(inputs.curves, {v: r.get("best_epochs") for v, r in metrics["variants"].items()})),
+                    "test IoU and Dice beside train and validation loss"),
+                "<h2>Learning curves</h2><div class=grid>"]
     for variant in table.index:
         sections.append(figs.add(f"curves_{variant}", figures.learning_curves(inputs.curves, variant), f"learning curves {variant}"))
     sections.append("</div>")
+    previews = {v: p for v, p in inputs.augmentation_previews.items() if p.is_file()}
+    if previews:
+        sections.append("<h2>Augmentation (training samples as the network saw them, fold 0)</h2>")
+        for variant, path in previews.items():
+            sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"augmentation_{variant}", path.read_bytes(),
+                                                                             f"augmented training samples {variant}"))
+        plain = [v for v in table.index if v not in previews]
+        if plain:
+            sections.append(f"<p>Without augmentation: {html.escape(', '.join(plain))}.</p>")
     multi = data.num_classes > 2
     if multi:
         sections.append("<h2>Per class (test ensemble and pooled OOF)</h2>")
         for variant, eval_dir in inputs.eval_dirs.items():
-            variant_metrics = json.loads((eval_dir / "metrics.json").read_text())
+            variant_metrics = json.loads((eval_dir / layout.EVAL_METRICS).read_text())
             sections.append(f"<h3>{html.escape(variant)}</h3>" + per_class_html(eval_dir) + figs.add(
                 f"confusion_{variant}", figures.confusion(np.array(variant_metrics["test_confusion"]),
                                                           variant_metrics["classes"], f"{variant}: test pixels"),
@@ -290,10 +306,10 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
     if inputs.pretrain_dirs:
         sections.append("<h2>Colorization pretraining</h2>")
         for folder in inputs.pretrain_dirs:
-            history = pd.read_csv(folder / "history.csv")
+            history = pd.read_csv(folder / layout.HISTORY)
             sections.append(f"<h3>{html.escape(folder.name)}</h3>"
                             + figs.add(f"pretrain_curve_{folder.name}", figures.pretrain_curve(history), "pretraining curve")
-                            + figs.add(f"pretrain_samples_{folder.name}", (folder / "samples.png").read_bytes(), "recoloured samples"))
+                            + figs.add(f"pretrain_samples_{folder.name}", (folder / layout.COLORIZATION_SAMPLES).read_bytes(), "recoloured samples"))
     sections.append("<h2>MLflow runs</h2>" + run_ids_html(metrics, inputs.pretrain_dirs))
     if verify["problems"]:
         sections.append("<h2>Verification problems</h2><ul>" + "".join(
@@ -358,6 +374,3 @@ def package_versions() -> dict[str, str]:
             out[name] = "not installed"
     return out
 
-
-def load_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())

@@ -126,6 +126,41 @@ def metric_bars_ci(table: pd.DataFrame, metrics: tuple[str, ...] = ("dice", "iou
     return to_png(fig)
 
 
+def best_epoch_losses(curves: pd.DataFrame, best_epochs: dict[str, list[int]]) -> pd.DataFrame:
+    """Train and validation loss of each variant at its folds' kept (best) epochs, averaged over folds."""
+    rows = {}
+    for variant, epochs in best_epochs.items():
+        frame = curves[curves["variant"] == variant]
+        picked = [frame[(frame["fold"] == fold) & (frame["epoch"] == epoch)] for fold, epoch in enumerate(epochs or [])]
+        picked = pd.concat([p for p in picked if len(p)]) if any(len(p) for p in picked) else frame.iloc[0:0]
+        rows[variant] = {"train_loss": float(picked["train_loss"].mean()) if len(picked) else np.nan,
+                         "val_loss": float(picked["val_loss"].mean()) if len(picked) else np.nan}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def metric_and_loss_bars(table: pd.DataFrame, losses: pd.DataFrame) -> bytes:
+    """Side by side, as the ISIC MobileNetV2 report drew them: test IoU and Dice of each
+    variant (left), and its train and validation loss at the kept epochs (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(4.0, 1.1 * len(table)) * 1.6, 3.4))
+    x = np.arange(len(table))
+    for ax, pairs, ylabel in ((left, (("test_iou", "IoU"), ("test_dice", "Dice")), "test score (fold ensemble)"),
+                              (right, (("train_loss", "train loss"), ("val_loss", "validation loss")), "loss at the kept epoch")):
+        source = table if ax is left else losses.reindex(table.index)
+        for i, (column, label) in enumerate(pairs):
+            values = source[column].astype(float).to_numpy()
+            bars = ax.bar(x + (i - 0.5) * 0.4, values, 0.4, label=label)
+            ax.bar_label(bars, fmt="%.3f", fontsize=6, padding=1)
+        ax.set_xticks(x, table.index, rotation=20, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_ylim(0, 1.08)
+    fig.subplots_adjust(wspace=0.35)
+    left.set_title("metrics", fontsize=9)
+    right.set_title("losses (mean over folds)", fontsize=9)
+    return to_png(fig)
+
+
 def radar(table: pd.DataFrame, columns: list[tuple[str, str]]) -> bytes:
     """Each variant as a polygon over the test metrics (all in [0, 1], higher is better)."""
     labels = [label for _, label in columns]
