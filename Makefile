@@ -7,7 +7,7 @@ CORES   ?= all
 # Training jobs declare `gpu` resources; on a CPU machine they need none (see workflow/rules/common.smk).
 GPUS    ?= 1
 
-.PHONY: setup run test ui pull clean dag snakemake-report
+.PHONY: setup run test test-fast ui pull clean dag snakemake-report
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ run: $(STAMP)  ## the whole study on the built-in dataset (config.yaml)
 
 test: $(STAMP)  ## the test suite
 	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)  ## the inner loop: everything but the whole-workflow (e2e) tests, under 2 minutes
+	$(BIN)/python -m pytest -q -m "not e2e" tests
 
 snakemake-report: $(STAMP)  ## Snakemake's own report of the finished study, with the figures and captions
 	$(BIN)/snakemake --report results/snakemake-report.html

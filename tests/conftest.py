@@ -1,56 +1,77 @@
-"""Shared fixtures: the repository root, a tiny study config and the shared datasets."""
+"""Shared fixtures: the finished tiny study. The harness itself lives in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
-import sys
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-
-
-def tiny_study(output_dir: str = "results", **overrides) -> dict:
-    """A study small enough to run the whole workflow in about a minute on 2 CPU cores."""
-    cfg = {
-        "study": {"name": "tiny", "output_dir": output_dir, "seed": 1, "device": "cpu"},
-        "dataset": {"name": "tiny-lesions", "source": "builtin",
-                    "builtin": {"kind": "lesions", "count": 30, "size": 40, "groups": 6, "seed": 0}},
-        "preprocess": {"size": 32},
-        "split": {"folds": 2, "test_fraction": 0.2},
-        "pretrain": {"epochs": 1, "batch_size": 8},
-        "defaults": {"model": {"base": 4, "depth": 2}, "train": {"epochs": 2, "batch_size": 8, "patience": 2}},
-        "variants": {"scratch": {}, "colorized": {"init": "colorization"}},
-    }
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+# Re-exported: tests import these from tests.conftest or tests.helpers alike.
+from tests.helpers import (  # noqa: F401
+    REPO, commit, dvc_study, new_project, sh, snakemake_cmd, tiny_study, workflow_env, write_yaml,
+)
 
 
-def write_yaml(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+@dataclass(frozen=True)
+class FinishedStudy:
+    """The tiny study, run once for the whole session; read it, never change it (copy it first)."""
+
+    root: Path  # a git + DVC project: config.yaml, results/, mlflow.db, dvc.lock
+    configfile: Path
+    cfg: dict[str, Any]
+    commit: str  # the commit the study ran from
+
+    def env(self) -> dict[str, str]:
+        return workflow_env(self.root)
 
 
-def workflow_env(tmp: Path) -> dict[str, str]:
-    """Environment for a real Snakemake run in ``tmp``: this tree's seglab, a private MLflow store."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+@dataclass(frozen=True)
+class TinyData:
+    """The tiny study's data stages, run in-process: read it, never change it."""
+
+    cfg: dict[str, Any]  # the validated tiny study
+    root: Path  # raw/ and prepared/
+    report: dict[str, Any]  # what verification found
+    data: Any  # seglab.data.dataset.PreparedData of root/prepared
+    splits: dict[str, Any]
 
 
-def snakemake_cmd(tmp: Path, configfile: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp),
-            "--configfile", str(configfile), "--cores", "2", "--resources", "gpu=1", *extra]
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    """Generate -> verify -> preprocess -> split the tiny study, once for the session."""
+    import pandas as pd
+
+    from seglab.config import validate
+    from seglab.data.dataset import PreparedData
+    from seglab.data.preprocess import preprocess
+    from seglab.data.sources import fetch_dataset
+    from seglab.data.splits import make_splits
+    from seglab.data.verify import verify_dataset
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    cfg = validate(tiny_study())
+    fetch_dataset(cfg["dataset"], root / "raw")
+    report = verify_dataset(root / "raw", cfg["dataset"], "fail")
+    preprocess(report, 32, "resize", root / "prepared")
+    manifest = pd.read_csv(root / "prepared" / "manifest.csv", dtype={"id": str, "group": str})
+    splits = make_splits(manifest, folds=2, test_fraction=0.2, seed=0)
+    return TinyData(cfg, root, report, PreparedData(root / "prepared"), splits)
 
 
-@pytest.fixture
-def shared_datasets() -> Path:
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"{SHARED_DATASETS} is absent: the shared datasets sit beside the repository in CI")
-    return SHARED_DATASETS
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
+    """The tiny study as a user runs it: `dvc repro` in a fresh git + DVC project, which runs
+    Snakemake; its dvc.lock and small metrics committed. Shared by the workflow, MLflow,
+    report and DVC tests instead of each running its own."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: the finished study is a DVC project, which lives in a git repository")
+    cfg = dvc_study()
+    root = new_project(tmp_path_factory.mktemp("finished-study") / "project", cfg)
+    study_commit = sh(root, "git", "rev-parse", "HEAD").stdout.strip()
+    repro = sh(root, "dvc", "repro")
+    assert "Job stats" in repro.stdout + repro.stderr  # DVC's stage ran Snakemake
+    commit(root, "results")  # dvc.lock, and the small metrics/curves that .gitignore lets through
+    return FinishedStudy(root, root / "config.yaml", cfg, study_commit)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import yaml
 
 from seglab.tracking import Tracker
 
-from tests.tiny_study import PROJECT, seglab_env, tiny_config
+from tests.helpers import run_snakemake, seglab_env, snakemake_cmd, tiny_config
 
 pytestmark = pytest.mark.e2e
 TIMING = ("seconds", "per_s", "run_id")  # timings and run ids differ by nature
@@ -33,14 +32,12 @@ def study(name: str) -> dict[str, Any]:
     )
 
 
-def snakemake(project: Path, name: str) -> subprocess.Popen:
+def start_study(project: Path, name: str) -> subprocess.Popen:
+    """Snakemake running study ``name`` in ``project``, in the background."""
     config = project / f"{name}.yaml"
     config.write_text(yaml.safe_dump(study(name)))
-    return subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "-s", str(PROJECT / "Snakefile"), "-d", str(project),
-         "--configfile", str(config), "--cores", "1", "--resources", "gpu=0"],
-        cwd=project, env=seglab_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    return subprocess.Popen(snakemake_cmd(project, config, cores=1, gpus=0), cwd=project, env=seglab_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def without_timing(obj: Any) -> Any:
@@ -52,7 +49,7 @@ def without_timing(obj: Any) -> Any:
 
 
 def test_two_studies_at_once_and_the_same_study_twice(tmp_path):
-    first, second = snakemake(tmp_path, "alpha"), snakemake(tmp_path, "beta")
+    first, second = start_study(tmp_path, "alpha"), start_study(tmp_path, "beta")
 
     # While alpha holds its lock, running alpha again is refused, and alpha is unharmed.
     locks = tmp_path / ".snakemake" / "locks"
@@ -60,11 +57,7 @@ def test_two_studies_at_once_and_the_same_study_twice(tmp_path):
     while first.poll() is None and not any(locks.glob("*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert first.poll() is None, "alpha finished before a second invocation could be tried"
-    again = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(PROJECT / "Snakefile"), "-d", str(tmp_path),
-         "--configfile", str(tmp_path / "alpha.yaml"), "--cores", "1", "--resources", "gpu=0"],
-        cwd=tmp_path, env=seglab_env(), capture_output=True, text=True, timeout=300,
-    )
+    again = run_snakemake(tmp_path, tmp_path / "alpha.yaml", env=seglab_env(), timeout=300, cores=1, gpus=0)
     assert again.returncode != 0
     assert "Directory cannot be locked" in again.stdout + again.stderr
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +17,9 @@ from seglab.data.preprocess import preprocess
 from seglab.data.splits import make_splits, read_test_list
 from seglab.data.verify import dataset_root, verify_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
+from tests.helpers import REPO, SHARED_DATASETS, run_snakemake, seglab_env
+
+SHARED = SHARED_DATASETS
 CONFIGS = REPO / "configs" / "datasets"
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared datasets not found at {SHARED} (see its README)")
@@ -105,13 +103,8 @@ def test_kvasir_sample_through_snakemake(tmp_path: Path) -> None:
     # The study file as shipped, with run tracking off: these stages record nothing in MLflow.
     study = yaml.safe_load((CONFIGS / "kvasir-seg-sample.yaml").read_text())
     (project / "study.yaml").write_text(yaml.safe_dump({**study, "tracking": {"enabled": False}}))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
     target = "results/kvasir-seg-sample/data/splits.json"
-    result = subprocess.run(
-        [snakemake, target, "--cores", "2", "--configfile", "study.yaml"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = run_snakemake(project, project / "study.yaml", target, env=seglab_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     splits = json.loads((project / target).read_text())
     verify = json.loads((project / "results/kvasir-seg-sample/data/verify.json").read_text())
@@ -125,9 +118,6 @@ def test_every_dataset_config_is_a_study_snakemake_accepts(tmp_path: Path, confi
     for item in ("Snakefile", "workflow", "configs", "config.yaml"):
         (project / item).symlink_to(REPO / item)
     (tmp_path / "shared").symlink_to(SHARED.parent)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    result = subprocess.run([snakemake, "-n", "--cores", "1", "--configfile", f"configs/datasets/{config}"],
-                            cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    result = run_snakemake(project, project / "configs" / "datasets" / config, "-n", env=seglab_env(), timeout=300, cores=1)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "verify" in result.stdout and "split" in result.stdout

@@ -16,7 +16,7 @@ from seglab.data.io import IGNORE, DataError
 from seglab.data.preprocess import preprocess
 from seglab.data.verify import verify_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import seglab_env
 
 
 def _folder_dataset(root: Path, **overrides) -> dict:
@@ -128,7 +128,7 @@ def test_cli_prints_one_clear_error(tmp_path: Path) -> None:
     config.write_text(json.dumps({"dataset": _folder_dataset(tmp_path), "verify": {"on_error": "fail"},
                                   "preprocess": {"size": 32, "policy": "resize"}}))
     result = subprocess.run([sys.executable, "-m", "seglab", "verify", "--config", str(config), "--out", str(tmp_path / "v.json")],
-                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})
+                            capture_output=True, text=True, env=seglab_env(PATH=""))
     assert result.returncode == 2
     assert result.stderr.startswith("seglab: error: verification found 1 problem(s)")
     assert "Traceback" not in result.stderr and not (tmp_path / "v.json").exists()

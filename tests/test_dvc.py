@@ -1,47 +1,28 @@
 """DVC on a temporary clone of the project: repro, exp run, metrics/params/plots, push and pull.
 
-One tiny DVC project is shared by the whole module (the study is the slow part); the
-tests run in file order and each leaves the project in the state the next expects.
-The same study run also checks what MLflow recorded through the real workflow.
+The project is a copy of the session's finished study (tests/conftest.py: `dvc repro` in a
+fresh git + DVC project, whose MLflow records tests/test_workflow.py checks); the tests run
+in file order on that copy, and each leaves it in the state the next expects.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_study, write_yaml
-from tests.test_workflow import job_counts
+from tests.helpers import (
+    REPO, VENV_BIN, commit, copy_tree, job_counts, project_env, run_snakemake, sh, tiny_study, write_yaml,
+)
 
 pytestmark = pytest.mark.e2e
 
-VENV_BIN = Path(sys.executable).parent
-PROJECT_FILES = ["Snakefile", "workflow", "src", "dvc.yaml", ".dvcignore", ".gitignore", "Makefile", ".dvc/config", ".dvc/.gitignore"]
-GIT = ["git", "-c", "user.name=seglab-test", "-c", "user.email=test@seglab.invalid"]
-
 if shutil.which("git") is None:
     pytest.skip("git is not installed: DVC projects live in a git repository", allow_module_level=True)
-
-
-def dvc_study_config() -> dict:
-    """The tiny study as config.yaml (dvc.yaml's `study` stage: its whole file is the params),
-    with the sections users change through `dvc exp run -S` written out."""
-    cfg = tiny_study()
-    cfg["dataset"]["name"] = "builtin-lesions"
-    cfg["verify"] = {"on_error": "fail"}
-    cfg["evaluate"] = {"tta": False}
-    # Batches of 2 take the tiny U-Net past predicting one class everywhere in 2-3 epochs, so
-    # that flip TTA has probabilities near 0.5 to move.
-    cfg["defaults"]["train"]["batch_size"] = 2
-    return cfg
 
 
 def second_study_config() -> dict:
@@ -67,29 +48,6 @@ def documented_stage(study: str) -> str:
     return "\n".join(block) + "\n"
 
 
-def project_env(root: Path) -> dict[str, str]:
-    """The project's own code (not this checkout's), the venv's tools on PATH, a private MLflow store."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(root / "src")
-    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    env.pop("DVC_NO_ANALYTICS", None)
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
-
-
-def sh(root: Path, *cmd: str, ok: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    run = subprocess.run(list(cmd), cwd=root, env=project_env(root), capture_output=True, text=True, timeout=timeout)
-    if ok:
-        assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    return run
-
-
-def commit(root: Path, message: str) -> None:
-    sh(root, "git", "add", "-A")
-    sh(root, *GIT, "commit", "-q", "-m", message)
-
-
 def read_metrics(root: Path) -> dict:
     return json.loads((root / "results" / "metrics.json").read_text())
 
@@ -110,24 +68,9 @@ def mtimes(root: Path, pattern: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A fresh git + DVC project holding the seglab workflow and a tiny config.yaml, reproduced once."""
-    root = tmp_path_factory.mktemp("dvc-project") / "project"
-    root.mkdir()
-    for name in PROJECT_FILES:
-        src, dst = REPO / name, root / name
-        if src.is_dir():
-            shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-    write_yaml(root / "config.yaml", dvc_study_config())
-    sh(root, "git", "init", "-q")
-    commit(root, "the study")
-    repro = sh(root, "dvc", "repro")
-    assert "Job stats" in repro.stdout + repro.stderr  # DVC's stage ran Snakemake
-    commit(root, "results")  # dvc.lock, and the small metrics/curves that .gitignore lets through
-    return root
+def project(finished_study, tmp_path_factory) -> Path:
+    """The finished study's git + DVC project, reproduced once, copied for this module to change."""
+    return copy_tree(finished_study.root, tmp_path_factory.mktemp("dvc-project") / "project")
 
 
 def test_repro_runs_the_study_and_locks_its_outputs(project):
@@ -157,57 +100,6 @@ def test_metrics_and_plots_read_the_pipeline_files(project):
     html = (project / "dvc_plots" / "index.html").read_text()
     # dvc.yaml's plot of results/curves.csv: its title and one of its y columns.
     assert "Learning curves (every variant and fold)" in html and "val_loss" in html
-
-
-def test_mlflow_records_every_run_of_the_study(project):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
-    assert len(by_name) == len(runs), "a run was recorded twice"
-    for variant in ("scratch", "colorized"):
-        parent = by_name[variant].info.run_id
-        children = {f"{variant}-fold0", f"{variant}-fold1", f"{variant}-evaluate"}
-        assert children <= set(by_name)
-        assert all(by_name[c].data.tags["mlflow.parentRunId"] == parent for c in children)
-        assert by_name[variant].info.status == "FINISHED" and "test_dice" in by_name[variant].data.metrics
-
-    commit = sh(project, "git", "rev-parse", "HEAD~1").stdout.strip()  # the commit the study ran from
-    fold = by_name["scratch-fold1"]
-    tags, params = fold.data.tags, fold.data.params
-    assert tags["seglab.commit"] == commit and tags["seglab.device"] == "cpu"
-    assert {"seglab.config_hash", "seglab.data_hash", "seglab.splits_hash"} <= set(tags)
-    assert tags["snakemake.rule"] == "train" and tags["snakemake.variant"] == "scratch" and tags["snakemake.fold"] == "1"
-    weights = project / tags["seglab.weights"]
-    assert tags["seglab.weights_sha256"] == (weights.parent / "best.pt.sha256").read_text().split()[0]
-    assert params["loss.name"] == "bce" and params["train.epochs"] == "2" and params["data.num_images"] == "30"
-    for metric in ("train_loss", "val_loss", "val_dice", "lr", "train_images_per_s"):
-        assert [m.step for m in client.get_metric_history(fold.info.run_id, metric)] == [1, 2], metric
-    artifacts = {a.path for folder in ("", "plots", "config") for a in client.list_artifacts(fold.info.run_id, folder or None)}
-    assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= artifacts
-
-    evaluation = by_name["scratch-evaluate"]
-    assert evaluation.data.tags["snakemake.rule"] == "evaluate"
-    assert {"test_dice", "test_dice_1", "test_iou_1", "test_fold0_dice", "cv_val_dice_mean"} <= set(evaluation.data.metrics)
-    artifacts = {a.path for folder in ("", "plots") for a in client.list_artifacts(evaluation.info.run_id, folder or None)}
-    assert {"per_image.csv", "metrics.json", "plots/sample_overlays.png"} <= artifacts
-
-    pretrain = next(r for name, r in by_name.items() if name.startswith("pretrain-"))
-    assert pretrain.data.tags["snakemake.rule"] == "pretrain" and len(pretrain.data.tags["seglab.weights_sha256"]) == 64
-    assert "plots/learning_curve.png" in {a.path for a in client.list_artifacts(pretrain.info.run_id, "plots")}
-
-    # What the MLflow UI shows: a model-training experiment, each run's dataset and its stage.
-    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
-    raw = (project / "data" / "raw" / "builtin-lesions").as_uri()
-    for name, stage, context in (("scratch-fold1", "train", "training"), ("scratch-evaluate", "evaluate", "testing"),
-                                 ("scratch", "evaluate", "training"), (pretrain.info.run_name, "pretrain", "training")):
-        run = by_name[name]
-        assert run.data.tags["mlflow.source.name"] == f"seglab {stage}", name
-        (dataset,) = run.inputs.dataset_inputs
-        assert dataset.dataset.name == "builtin-lesions" and json.loads(dataset.dataset.source)["uri"] == raw, name
-        assert dataset.dataset.digest == fold.data.tags["seglab.data_hash"]  # seglab's data fingerprint
-        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == context, name
 
 
 def test_exp_run_changes_one_key_and_reruns_only_what_depends_on_it(project):
@@ -311,12 +203,14 @@ def test_push_then_pull_on_a_fresh_clone_needs_no_rerun(project, tmp_path):
         pulled = sorted(p.relative_to(clone) for p in clone.glob(pattern))
         assert pulled and pulled == sorted(p.relative_to(project) for p in project.glob(pattern)), pattern
         assert all((clone / p).read_bytes() == (project / p).read_bytes() for p in pulled)
-    dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1")
+    dry = run_snakemake(clone, None, "-n", env=project_env(clone), cores=1)
+    assert dry.returncode == 0, dry.stderr[-2000:]
     assert "Nothing to be done" in dry.stdout + dry.stderr
     assert sh(clone, "dvc", "status", "--quiet", ok=False).returncode == 0
     # The second study came back too, and Snakemake sees it up to date as well.
     assert sorted(p.relative_to(clone) for p in clone.glob("results/studies/second/models/*/fold*/best.pt"))
-    dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "configs/studies/second.yaml")
+    dry = run_snakemake(clone, clone / "configs" / "studies" / "second.yaml", "-n", env=project_env(clone), cores=1)
+    assert dry.returncode == 0, dry.stderr[-2000:]
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
@@ -332,5 +226,6 @@ def test_pull_does_not_hide_a_changed_config(project, tmp_path):
     write_yaml(clone / "config.yaml", cfg)
     out = sh(clone, "make", "pull", f"VENV={VENV_BIN.parent}", "STAMP=").stdout
     assert "differ from dvc.lock" in out and "pulled results marked up to date" not in out
-    dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1")
+    dry = run_snakemake(clone, None, "-n", env=project_env(clone), cores=1)
+    assert dry.returncode == 0, dry.stderr[-2000:]
     assert job_counts(dry.stdout + dry.stderr)["train"] >= 2  # Snakemake still sees work to do

@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from seglab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from seglab.cli import main
 from seglab.models.weights import imagenet_cache_file
 
-from tests.tiny_study import PROJECT, TINY, prepare, seglab_env, tiny_config, train_args, write_stage_configs
+from tests.helpers import SHARED_DATASETS, TINY, prepare, run_snakemake, tiny_config, train_args, write_stage_configs, write_yaml
 
-ISBI = PROJECT.parent / "shared" / "datasets" / "isbi2012"
+ISBI = SHARED_DATASETS / "isbi2012"
 needs_isbi = pytest.mark.skipif(not ISBI.is_dir(), reason=f"real test data not found at {ISBI} (../shared is absent)")
 
 
@@ -32,15 +29,6 @@ def one_error(capfd: pytest.CaptureFixture) -> str:
 
 
 # ------------------------------------------------------------------ config (real snakemake)
-
-def _snakemake(project: Path, config: dict) -> subprocess.CompletedProcess:
-    (project / "study.yaml").write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(PROJECT / "Snakefile"), "-d", str(project),
-         "--configfile", str(project / "study.yaml"), "-n", "--cores", "1"],
-        cwd=project, env=seglab_env(), capture_output=True, text=True, timeout=300,
-    )
-
 
 @pytest.mark.parametrize(
     ("change", "expected"),
@@ -57,7 +45,7 @@ def test_bad_config_is_refused_by_the_workflow(tmp_path, change, expected):
     earlier.parent.mkdir()
     earlier.write_text('{"earlier": true}\n')
     cfg = tiny_config(**change)
-    done = _snakemake(tmp_path, cfg)
+    done = run_snakemake(tmp_path, write_yaml(tmp_path / "study.yaml", cfg), "-n", timeout=300, cores=1)
     assert done.returncode != 0
     said = done.stdout + done.stderr  # snakemake prints its errors on stdout
     assert expected in said, said

@@ -2,18 +2,13 @@
 seeded augmentation draws and loading weights without a random init. All on the CPU."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from seglab.checkpoint import save_checkpoint
 from seglab.config import ConfigError, validate
-from seglab.data.dataset import PreparedData, SegmentationDataset
-from seglab.data.preprocess import preprocess
-from seglab.data.sources import fetch_dataset
-from seglab.data.splits import make_splits
+from seglab.data.dataset import SegmentationDataset
 from seglab.data.transforms import build_augmentation
-from seglab.data.verify import verify_dataset
 from seglab.engine import Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import build_model
@@ -21,21 +16,10 @@ from seglab.inference import build_from_state, load_models, predict_batch
 from seglab.tracking import NullRun
 from seglab.data.loaders import loader_generators, loader_workers, make_loader
 from seglab.train import train_fold
-from tests.conftest import tiny_study
 
 UNET = {"name": "unet", "base": 4, "depth": 2, "batch_norm": True, "dropout": 0.0, "upsample": "transpose"}
 # The blocks as the validated config hands them to training (defaults filled, loss bce).
 VARIANT = validate({"variants": {"v": {"model": UNET}}})["variants"]["v"]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("execution")
-    cfg = validate(tiny_study())
-    fetch_dataset(cfg["dataset"], root / "raw")
-    preprocess(verify_dataset(root / "raw", cfg["dataset"], "fail"), 32, "resize", root / "prepared")
-    manifest = pd.read_csv(root / "prepared" / "manifest.csv", dtype={"id": str, "group": str})
-    return cfg, PreparedData(root / "prepared"), make_splits(manifest, folds=2, test_fraction=0.2, seed=0)
 
 
 def test_auto_execution_on_the_cpu_is_float32_channels_last():
@@ -62,8 +46,8 @@ def test_study_keys_choose_the_execution_and_reach_every_training_job():
 
 
 @pytest.mark.parametrize("precision,channels_last", [("fp32", True), ("bf16", False), ("bf16", True)])
-def test_training_steps_learn_in_every_precision_and_layout(prepared, precision, channels_last):
-    _, data, splits = prepared
+def test_training_steps_learn_in_every_precision_and_layout(tiny_data, precision, channels_last):
+    data, splits = tiny_data.data, tiny_data.splits
     images, masks = zip(*(SegmentationDataset(data, splits["folds"][0])[i] for i in range(8)))
     batch = [(torch.stack(images), torch.stack(masks))]
     torch.manual_seed(0)
@@ -75,8 +59,8 @@ def test_training_steps_learn_in_every_precision_and_layout(prepared, precision,
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-def test_channels_last_changes_the_layout_not_the_predictions(prepared):
-    _, data, splits = prepared
+def test_channels_last_changes_the_layout_not_the_predictions(tiny_data):
+    data, splits = tiny_data.data, tiny_data.splits
     images = torch.stack([SegmentationDataset(data, splits["test"])[i][0] for i in range(4)])
     torch.manual_seed(0)
     model = build_model(VARIANT["model"], 3, 1).eval()
@@ -120,10 +104,10 @@ def _epochs(loader, n):
     return [[(x.clone(), y.clone()) for x, y in loader] for _ in range(n)]
 
 
-def test_augmentation_draws_do_not_depend_on_worker_processes(prepared):
+def test_augmentation_draws_do_not_depend_on_worker_processes(tiny_data):
     """The same seed gives the same augmented batches with 0 or 2 workers, and the workers
     do not repeat each other's draws (a forked seeded pipeline would)."""
-    _, data, splits = prepared
+    data, splits = tiny_data.data, tiny_data.splits
     ids = splits["folds"][0] + splits["folds"][1]
 
     def loader(workers):
@@ -138,10 +122,10 @@ def test_augmentation_draws_do_not_depend_on_worker_processes(prepared):
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(in_process[0], in_process[1]))
 
 
-def test_a_restored_generator_replays_the_next_epoch_exactly(prepared):
+def test_a_restored_generator_replays_the_next_epoch_exactly(tiny_data):
     """What exact resume relies on: the loader's generator state alone fixes the next
     epoch's order and augmentation, whatever the augmentation pipeline's own state."""
-    _, data, splits = prepared
+    data, splits = tiny_data.data, tiny_data.splits
     ids = splits["folds"][0]
     dataset = SegmentationDataset(data, ids, build_augmentation({"preset": "heavy"}, 3))
     loader = make_loader(dataset, 4, True, 3, 0, torch.device("cpu"))
@@ -156,8 +140,8 @@ def test_a_restored_generator_replays_the_next_epoch_exactly(prepared):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_train_fold_records_how_it_ran(prepared, tmp_path):
-    cfg, data, splits = prepared
+def test_train_fold_records_how_it_ran(tiny_data, tmp_path):
+    cfg, data, splits = tiny_data.cfg, tiny_data.data, tiny_data.splits
     variant = {"study": cfg["study"], "tracking": cfg["tracking"], "variant": "scratch", **cfg["variants"]["scratch"]}
     params = {}
 

@@ -24,7 +24,7 @@ from seglab.checkpoint import load_checkpoint, sidecar
 from seglab.cli import main
 from seglab.tracking import Tracker
 
-from tests.tiny_study import prepare, run_seglab, seglab_process, tiny_config, train_args, write_stage_configs
+from tests.helpers import prepare, run_seglab, seglab_process, tiny_config, train_args, write_stage_configs
 
 EPOCHS = 5
 CFG = tiny_config(

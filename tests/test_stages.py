@@ -8,35 +8,18 @@ import pytest
 import torch
 
 from seglab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from seglab.config import validate
 from seglab.data.dataset import PreparedData, SegmentationDataset
 from seglab.data.io import DataError
-from seglab.data.preprocess import preprocess
-from seglab.data.sources import fetch_dataset
 from seglab.data.splits import fold_ids, make_splits
 from seglab.data.verify import verify_dataset
 from seglab.engine import EarlyStopping, Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import build_model
 from seglab.train import train_fold
-from tests.conftest import tiny_study
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """Generate -> verify -> preprocess -> split, once for the module."""
-    root = tmp_path_factory.mktemp("stages")
-    cfg = validate(tiny_study())
-    fetch_dataset(cfg["dataset"], root / "raw")
-    report = verify_dataset(root / "raw", cfg["dataset"], "fail")
-    preprocess(report, 32, "resize", root / "prepared")
-    manifest = pd.read_csv(root / "prepared" / "manifest.csv", dtype={"id": str, "group": str})
-    splits = make_splits(manifest, folds=2, test_fraction=0.2, seed=0)
-    return cfg, root, report, splits
-
-
-def test_verify_and_preprocess_write_the_documented_files(prepared):
-    cfg, root, report, _ = prepared
+def test_verify_and_preprocess_write_the_documented_files(tiny_data):
+    root, report = tiny_data.root, tiny_data.report
     assert report["pairs_found"] == report["pairs_ok"] == 30 and report["problems"] == []
     data = PreparedData(root / "prepared")
     assert data.images.shape == (30, 32, 32, 3) and data.images.dtype == np.uint8
@@ -48,8 +31,8 @@ def test_verify_and_preprocess_write_the_documented_files(prepared):
     assert int(data.manifest[["pixels_0", "pixels_1"]].to_numpy().sum()) == 30 * 32 * 32
 
 
-def test_splits_are_disjoint_grouped_and_deterministic(prepared):
-    _, root, _, splits = prepared
+def test_splits_are_disjoint_grouped_and_deterministic(tiny_data):
+    root, splits = tiny_data.root, tiny_data.splits
     manifest = pd.read_csv(root / "prepared" / "manifest.csv", dtype={"id": str, "group": str})
     parts = [set(splits["test"])] + [set(f) for f in splits["folds"]]
     assert sum(len(p) for p in parts) == 30 and set().union(*parts) == set(manifest["id"])
@@ -63,8 +46,8 @@ def test_splits_are_disjoint_grouped_and_deterministic(prepared):
     assert set(val) == set(splits["folds"][1]) and not set(train) & set(val)
 
 
-def test_verify_refuses_a_corrupt_image_naming_it(prepared, tmp_path):
-    cfg, root, _, _ = prepared
+def test_verify_refuses_a_corrupt_image_naming_it(tiny_data, tmp_path):
+    cfg, root = tiny_data.cfg, tiny_data.root
     import shutil
 
     shutil.copytree(root / "raw", tmp_path / "raw")
@@ -76,8 +59,8 @@ def test_verify_refuses_a_corrupt_image_naming_it(prepared, tmp_path):
     assert report["pairs_ok"] == 29 and report["problems"][0]["file"].endswith(victim.name)
 
 
-def test_one_training_step_lowers_the_loss(prepared):
-    cfg, root, _, splits = prepared
+def test_one_training_step_lowers_the_loss(tiny_data):
+    cfg, root, splits = tiny_data.cfg, tiny_data.root, tiny_data.splits
     torch.manual_seed(0)
     data = PreparedData(root / "prepared")
     images, masks = zip(*(SegmentationDataset(data, splits["folds"][0])[i] for i in range(8)))
@@ -97,8 +80,8 @@ def test_early_stopping_counts_epochs_without_improvement():
     assert not stopper.step(1.2, 3) and stopper.should_stop and stopper.best_epoch == 1
 
 
-def test_train_fold_writes_checkpoint_history_and_summary(prepared, tmp_path):
-    cfg, root, _, splits = prepared
+def test_train_fold_writes_checkpoint_history_and_summary(tiny_data, tmp_path):
+    cfg, root, splits = tiny_data.cfg, tiny_data.root, tiny_data.splits
     variant = {"study": cfg["study"], "tracking": cfg["tracking"], "variant": "scratch", **cfg["variants"]["scratch"]}
     summary = train_fold(variant, root / "prepared", splits, 0, tmp_path / "fold0")
     history = pd.read_csv(tmp_path / "fold0" / "history.csv")

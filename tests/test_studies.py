@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, run_snakemake
+
 STUDIES = sorted((REPO / "configs" / "studies").glob("*.yaml"))
 ALL_VARIANTS = os.environ.get("SEGLAB_E2E_ALL_VARIANTS") == "1"
 DEFAULT_RUN = ("multiclass-colorization", "unet-vs-resnet34")
@@ -71,17 +70,9 @@ def shrink(study: Path, folder: Path, keep: list[str] | None = None) -> Path:
     return path
 
 
-def _snakemake(config: Path, folder: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(folder),
-           "--configfile", str(config), "--cores", "2", "--resources", "gpu=1", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True)
-
-
 def run_study(study: Path, folder: Path, keep: list[str] | None = None) -> tuple[dict, Path]:
     config = shrink(study, folder, keep)
-    done = _snakemake(config, folder)
+    done = run_snakemake(folder, config)
     cfg = yaml.safe_load(config.read_text())
     out = folder / cfg["study"]["output_dir"]
     if done.returncode != 0:
@@ -145,7 +136,7 @@ def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None
 def test_every_study_plans_its_whole_workflow(study: Path, tmp_path: Path) -> None:
     """The full study (every variant) validates and Snakemake plans every job of it."""
     cfg = yaml.safe_load(study.read_text())
-    done = _snakemake(shrink(study, tmp_path), tmp_path, "-n")
+    done = run_snakemake(tmp_path, shrink(study, tmp_path), "-n")
     assert done.returncode == 0, done.stderr[-3000:]
     plan = done.stdout + done.stderr
     folds = 2

@@ -9,11 +9,9 @@ while six epochs against one must be significant.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,8 @@ import pytest
 import yaml
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_seglab, run_snakemake
+
 pytestmark = pytest.mark.e2e
 
 STUDY = {
@@ -36,24 +35,12 @@ STUDY = {
 }
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
-def _snakemake(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra]
-    return subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=1200)
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("study")
     cfg = {**STUDY, "tracking": {"uri": f"sqlite:///{workdir / 'mlflow.db'}"}}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    done = _snakemake(workdir)
+    done = run_snakemake(workdir, None)  # config.yaml, as `make run` reads it
     assert done.returncode == 0, done.stderr[-4000:]
     return workdir
 
@@ -123,7 +110,7 @@ def test_study_metrics_have_spread_ci_oof_and_run_ids(study):
 
 
 def test_snakemake_report_carries_the_figures(study):
-    done = _snakemake(study, "--report", "results/snakemake-report.html")
+    done = run_snakemake(study, None, "--report", "results/snakemake-report.html")
     assert done.returncode == 0, done.stderr[-3000:]
     text = (study / "results/snakemake-report.html").read_text(errors="replace")
     for name in ("radar.png", "metric_bars.png", "metric_and_loss_bars.png", "augmentation_one-epoch.png",
@@ -151,17 +138,16 @@ def test_predict_writes_masks_at_original_size(study, tmp_path):
     shutil.copy(source, images / "a.png")
     Image.open(source).resize((50, 37)).convert("RGB").save(images / "b.jpg")
     out = tmp_path / "out"
-    base = [sys.executable, "-m", "seglab", "predict", "--config", "results/config/variants/several-epochs.json",
+    base = ["predict", "--config", "results/config/variants/several-epochs.json",
             "--prepared", "results/data/prepared", "--models", "results/models/several-epochs",
             "--images", str(images), "--out", str(out)]
-    done = subprocess.run(base, cwd=study, env=_env(), capture_output=True, text=True)
+    done = run_seglab(base, study)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "predict" in done.stderr and "100%" in done.stderr  # the progress bar
     assert Image.open(out / "masks/b.png").size == (50, 37)
     assert set(np.unique(np.asarray(Image.open(out / "masks/a.png")))) <= {0, 255}
     assert Image.open(out / "overlays/b.png").size == (50, 37)
-    missing = subprocess.run([*base[:-2], "--out", str(out), "--fold", "9"], cwd=study, env=_env(),
-                             capture_output=True, text=True)
+    missing = run_seglab([*base[:-2], "--out", str(out), "--fold", "9"], study)
     assert missing.returncode == 2 and "fold9/best.pt" in missing.stderr
 
 

@@ -1,40 +1,23 @@
-"""End to end: the real Snakemake workflow on a tiny study in a temporary directory."""
+"""End to end: what the tiny study's real Snakemake run wrote, and what MLflow recorded of it.
 
+The study is the session's finished study (tests/conftest.py), run once through `dvc repro`
+in a temporary project and shared with the DVC tests; these tests only read it.
+"""
+
+import copy
 import json
 import subprocess
 
 import pandas as pd
 import pytest
 
-from tests.conftest import snakemake_cmd, tiny_study, workflow_env, write_yaml
+from tests.helpers import job_counts, snakemake_cmd, write_yaml
 
 pytestmark = pytest.mark.e2e
 
 
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a Snakemake dry run, as {rule: count}."""
-    table = output[output.index("Job stats"):].splitlines()[3:]
-    counts = {}
-    for line in table:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
-@pytest.fixture(scope="module")
-def finished_study(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("study")
-    configfile = write_yaml(tmp / "study.yaml", tiny_study())
-    env = workflow_env(tmp)
-    run = subprocess.run(snakemake_cmd(tmp, configfile), cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-4000:]
-    return tmp, configfile, env
-
-
 def test_report_and_metrics_are_written(finished_study):
-    tmp, _, _ = finished_study
+    tmp = finished_study.root
     metrics = json.loads((tmp / "results" / "metrics.json").read_text())
     assert set(metrics["variants"]) == {"scratch", "colorized"}
     for row in metrics["variants"].values():
@@ -52,38 +35,75 @@ def test_report_and_metrics_are_written(finished_study):
 
 
 def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
-    tmp, _, _ = finished_study
+    """Every run of the study, as the real train/evaluate/pretrain stages recorded them."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id])
+    project = finished_study.root
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
-    assert {"scratch", "colorized", "scratch-fold0", "scratch-fold1", "colorized-fold0", "colorized-fold1"} <= set(by_name)
+    assert len(by_name) == len(runs), "a run was recorded twice"
     assert any(name.startswith("pretrain-") for name in by_name)
-    assert len(runs) == len(by_name), "a run was recorded twice"
+    for variant in ("scratch", "colorized"):
+        parent = by_name[variant].info.run_id
+        children = {f"{variant}-fold0", f"{variant}-fold1", f"{variant}-evaluate"}
+        assert children <= set(by_name)
+        assert all(by_name[c].data.tags["mlflow.parentRunId"] == parent for c in children)
+        assert by_name[variant].info.status == "FINISHED" and "test_dice" in by_name[variant].data.metrics
+
     fold = by_name["scratch-fold1"]
-    assert fold.data.tags["mlflow.parentRunId"] == by_name["scratch"].info.run_id
-    assert fold.data.tags["seglab.commit"] and fold.data.tags["seglab.config_hash"]
-    assert fold.data.params["loss.name"] == "bce" and fold.info.status == "FINISHED"
-    history = client.get_metric_history(fold.info.run_id, "val_loss")
-    assert [m.step for m in history] == [1, 2]
-    assert "test_dice" in by_name["scratch"].data.metrics
+    tags, params = fold.data.tags, fold.data.params
+    assert fold.info.status == "FINISHED"
+    assert tags["seglab.commit"] == finished_study.commit and tags["seglab.device"] == "cpu"
+    assert {"seglab.config_hash", "seglab.data_hash", "seglab.splits_hash"} <= set(tags)
+    assert tags["snakemake.rule"] == "train" and tags["snakemake.variant"] == "scratch" and tags["snakemake.fold"] == "1"
+    weights = project / tags["seglab.weights"]
+    assert tags["seglab.weights_sha256"] == (weights.parent / "best.pt.sha256").read_text().split()[0]
+    assert params["loss.name"] == "bce" and params["train.epochs"] == "2" and params["data.num_images"] == "30"
+    for metric in ("train_loss", "val_loss", "val_dice", "lr", "train_images_per_s"):
+        assert [m.step for m in client.get_metric_history(fold.info.run_id, metric)] == [1, 2], metric
+    artifacts = {a.path for folder in ("", "plots", "config") for a in client.list_artifacts(fold.info.run_id, folder or None)}
+    assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= artifacts
+
+    evaluation = by_name["scratch-evaluate"]
+    assert evaluation.data.tags["snakemake.rule"] == "evaluate"
+    assert {"test_dice", "test_dice_1", "test_iou_1", "test_fold0_dice", "cv_val_dice_mean"} <= set(evaluation.data.metrics)
+    artifacts = {a.path for folder in ("", "plots") for a in client.list_artifacts(evaluation.info.run_id, folder or None)}
+    assert {"per_image.csv", "metrics.json", "plots/sample_overlays.png"} <= artifacts
+
+    pretrain = next(r for name, r in by_name.items() if name.startswith("pretrain-"))
+    assert pretrain.data.tags["snakemake.rule"] == "pretrain" and len(pretrain.data.tags["seglab.weights_sha256"]) == 64
+    assert "plots/learning_curve.png" in {a.path for a in client.list_artifacts(pretrain.info.run_id, "plots")}
+
+    # What the MLflow UI shows: a model-training experiment, each run's dataset and its stage.
+    assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
+    raw = (project / "data" / "raw" / "builtin-lesions").as_uri()
+    for name, stage, context in (("scratch-fold1", "train", "training"), ("scratch-evaluate", "evaluate", "testing"),
+                                 ("scratch", "evaluate", "training"), (pretrain.info.run_name, "pretrain", "training")):
+        run = by_name[name]
+        assert run.data.tags["mlflow.source.name"] == f"seglab {stage}", name
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "builtin-lesions" and json.loads(dataset.dataset.source)["uri"] == raw, name
+        assert dataset.dataset.digest == fold.data.tags["seglab.data_hash"]  # seglab's data fingerprint
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == context, name
 
 
 def test_second_run_has_nothing_to_do(finished_study):
-    tmp, configfile, env = finished_study
-    dry = subprocess.run(snakemake_cmd(tmp, configfile, "-n"), cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    tmp = finished_study.root
+    dry = subprocess.run(snakemake_cmd(tmp, finished_study.configfile, "-n"), cwd=tmp, env=finished_study.env(),
+                         capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
 def test_changing_one_variant_reruns_only_its_jobs(finished_study, tmp_path):
-    tmp, configfile, env = finished_study
-    cfg = tiny_study()
+    tmp = finished_study.root
+    cfg = copy.deepcopy(finished_study.cfg)
     cfg["variants"]["scratch"] = {"loss": {"name": "dice"}}
     changed = write_yaml(tmp_path / "changed.yaml", cfg)
-    dry = subprocess.run(snakemake_cmd(tmp, changed, "-n"), cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    # A dry run: the shared study is left as it is.
+    dry = subprocess.run(snakemake_cmd(tmp, changed, "-n"), cwd=tmp, env=finished_study.env(),
+                         capture_output=True, text=True, timeout=300)
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-2000:]
     jobs = job_counts(out)
@@ -91,5 +111,3 @@ def test_changing_one_variant_reruns_only_its_jobs(finished_study, tmp_path):
     # compare, report) re-run.
     assert jobs == {"train": 2, "evaluate": 1, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 7}, jobs
     assert "results/models/scratch/fold0/best.pt" in out and "results/models/colorized/fold0/best.pt" not in out.split("rule aggregate")[0]
-    # Leave the study as the module fixture wrote it.
-    write_yaml(configfile, tiny_study())
