@@ -99,8 +99,10 @@ def snakemake_cmd(tmp: Path, configfile: Path | None, *extra: str, cores: int = 
     ``configfile`` None: Snakemake reads ``tmp/config.yaml``, as ``make run`` does.
     """
     config = ["--configfile", str(configfile)] if configfile is not None else []
+    # ``extra`` (targets, flags) before --configfile and --resources: both take several values
+    # and would swallow a target written after them.
     return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp),
-            *config, "--cores", str(cores), "--resources", f"gpu={gpus}", *extra]
+            *extra, *config, "--cores", str(cores), "--resources", f"gpu={gpus}"]
 
 
 def run_snakemake(tmp: Path, configfile: Path | None, *extra: str, env: dict[str, str] | None = None,

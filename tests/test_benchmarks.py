@@ -6,12 +6,17 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, workflow_env
+from tests.helpers import REPO, workflow_env
+
+
+def quick_run(script: str, tmp_path) -> subprocess.CompletedProcess:
+    """``benchmarks/SCRIPT --quick``, with this tree's seglab and a private MLflow store."""
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"],
+                          capture_output=True, text=True, env=workflow_env(tmp_path), timeout=300)
 
 
 def test_train_throughput_quick_run(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--quick"],
-                         capture_output=True, text=True, env=workflow_env(tmp_path), timeout=300)
+    out = quick_run("train_throughput.py", tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["model"] == "unet8" and row["device"] == "cpu"
@@ -21,8 +26,7 @@ def test_train_throughput_quick_run(tmp_path):
 
 
 def test_eval_throughput_quick_run(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_throughput.py"), "--quick"],
-                         capture_output=True, text=True, env=workflow_env(tmp_path), timeout=300)
+    out = quick_run("eval_throughput.py", tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert [r["tta"] for r in rows] == [False, True]

@@ -93,13 +93,20 @@ def test_drive_pairs_by_number_and_camvid_uses_its_test_list(tmp_path: Path) -> 
         assert all(fold_of[i.split("_")[0]] == k for i in fold)
 
 
-def test_kvasir_sample_through_snakemake(tmp_path: Path) -> None:
-    """The data stages run from the study file under real Snakemake (the shared folder via ../shared)."""
+def linked_project(tmp_path: Path) -> Path:
+    """A project at tmp_path/project linking this tree's workflow and configs, with ../shared beside it
+    (the dataset configs name their data there)."""
     project = tmp_path / "project"
     project.mkdir()
     for item in ("Snakefile", "workflow", "configs", "config.yaml"):
         (project / item).symlink_to(REPO / item)
     (tmp_path / "shared").symlink_to(SHARED.parent)
+    return project
+
+
+def test_kvasir_sample_through_snakemake(tmp_path: Path) -> None:
+    """The data stages run from the study file under real Snakemake (the shared folder via ../shared)."""
+    project = linked_project(tmp_path)
     # The study file as shipped, with run tracking off: these stages record nothing in MLflow.
     study = yaml.safe_load((CONFIGS / "kvasir-seg-sample.yaml").read_text())
     (project / "study.yaml").write_text(yaml.safe_dump({**study, "tracking": {"enabled": False}}))
@@ -113,11 +120,7 @@ def test_kvasir_sample_through_snakemake(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_dataset_config_is_a_study_snakemake_accepts(tmp_path: Path, config: str) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    for item in ("Snakefile", "workflow", "configs", "config.yaml"):
-        (project / item).symlink_to(REPO / item)
-    (tmp_path / "shared").symlink_to(SHARED.parent)
+    project = linked_project(tmp_path)
     result = run_snakemake(project, project / "configs" / "datasets" / config, "-n", env=seglab_env(), timeout=300, cores=1)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "verify" in result.stdout and "split" in result.stdout
