@@ -8,6 +8,9 @@ import pytest
 
 from tests.helpers import REPO, workflow_env
 
+# Each runs a benchmark script end to end (at its quick size): about 13 s each.
+pytestmark = pytest.mark.e2e
+
 
 def quick_run(script: str, tmp_path) -> subprocess.CompletedProcess:
     """``benchmarks/SCRIPT --quick``, with this tree's seglab and a private MLflow store."""

@@ -104,6 +104,7 @@ def linked_project(tmp_path: Path) -> Path:
     return project
 
 
+@pytest.mark.e2e  # the data stages run by real Snakemake: about 25 s
 def test_kvasir_sample_through_snakemake(tmp_path: Path) -> None:
     """The data stages run from the study file under real Snakemake (the shared folder via ../shared)."""
     project = linked_project(tmp_path)

@@ -97,6 +97,7 @@ def visible_text(html: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 
+@pytest.mark.e2e  # a real server and a real browser: about a minute
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium); .ci/run installs it")
 def test_mlflow_ui_opens_the_experiment_on_its_runs_table(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -132,6 +132,7 @@ def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None
         assert (out / "models" / "unet-dice-dropout-bn-aug" / "fold0" / "augmentation.png").is_file()
 
 
+@pytest.mark.e2e  # Snakemake plans each whole study: 5-12 s a study
 @pytest.mark.parametrize("study", STUDIES, ids=[p.stem for p in STUDIES])
 def test_every_study_plans_its_whole_workflow(study: Path, tmp_path: Path) -> None:
     """The full study (every variant) validates and Snakemake plans every job of it."""
