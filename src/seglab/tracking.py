@@ -5,14 +5,21 @@ for each pretraining and one for the evaluation. Runs are found again by a stabl
 tag (``seglab.key``), so re-running a job continues its run instead of adding one.
 Parallel Snakemake jobs share one SQLite store: the experiment and parent runs are
 created under a file lock, and calls are retried while the database is locked.
+A tracking server (an ``http(s)://`` URI) is probed once per process before anything is
+recorded, so that an unreachable server or refused credentials end the job at once with
+one message instead of MLflow's minutes of retries.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -32,9 +39,83 @@ MODEL_TRAINING = "custom_model_development"
 UI_WORKFLOW = "machine_learning"
 
 
+# How long the probe waits for a tracking server to answer (connect and reply).
+PROBE_TIMEOUT_S = 3.0
+# One request that needs a working server and, where it has auth, valid credentials.
+PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used: a user-caused error with one message naming the fix."""
+
+
 def resolve_uri(configured: str | None) -> str:
     """Config first, then $MLFLOW_TRACKING_URI, then ``sqlite:///mlflow.db`` in the project."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _uri_origin(configured: str | None) -> str:
+    return "tracking.uri in the study config" if configured else "MLFLOW_TRACKING_URI"
+
+
+def _probe_request(uri: str) -> urllib.request.Request:
+    """The probe, with the credentials MLflow itself would send (it reads the same variables)."""
+    request = urllib.request.Request(uri.rstrip("/") + PROBE_PATH)
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {pair}")
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
+    return request
+
+
+def _probe_tls() -> ssl.SSLContext | None:
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    cert = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    return ssl.create_default_context(cafile=cert) if cert else None
+
+
+_PROBED: set[str] = set()
+
+
+def probe_server(uri: str, origin: str = "MLFLOW_TRACKING_URI", timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Ask an ``http(s)://`` tracking server one question, once per process, with no retries.
+
+    Raises TrackingError naming ``uri`` and the fix when nothing answers in ``timeout_s``,
+    the server refuses the credentials, or what answers is not an MLflow server. Other URIs
+    (a SQLite file, a local folder) are not probed: opening them cannot hang.
+    """
+    if not uri.lower().startswith(("http://", "https://")) or uri in _PROBED:
+        return
+    fix = (f"Start the server, point {origin} at a running one, or unset it "
+           f"(then runs are recorded in {DEFAULT_URI} in the project).")
+    try:
+        with urllib.request.urlopen(_probe_request(uri), timeout=timeout_s, context=_probe_tls()) as reply:
+            reply.read(1024)
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise TrackingError(
+                f"MLflow tracking server {uri} ({origin}) refused the credentials (HTTP {error.code}). "
+                "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server. "
+                "Nothing was trained; results already computed are kept.") from None
+        raise TrackingError(
+            f"{uri} ({origin}) answered HTTP {error.code} to MLflow's experiments API: it is not a working "
+            f"MLflow tracking server. {fix} Nothing was trained; results already computed are kept.") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingError(
+            f"MLflow tracking server {uri} ({origin}) is not reachable ({reason}; waited at most {timeout_s:g}s). "
+            f"{fix} Nothing was trained; results already computed are kept.") from None
+    _PROBED.add(uri)
+
+
+def scheduler_tags() -> dict[str, str]:
+    """The batch scheduler's job behind this process (SLURM), so a run leads to its job's logs."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return {"slurm.job_id": job} if job else {}
 
 
 def _git(args: list[str], cwd: Path | None) -> str | None:
@@ -310,7 +391,9 @@ class Tracker:
 def open_tracker(tracking_cfg: dict[str, Any], experiment: str) -> Tracker | None:
     if not tracking_cfg["enabled"]:
         return None
-    return Tracker(resolve_uri(tracking_cfg["uri"]), experiment)
+    uri = resolve_uri(tracking_cfg["uri"])
+    probe_server(uri, _uri_origin(tracking_cfg["uri"]))
+    return Tracker(uri, experiment)
 
 
 def open_run(tracking_cfg: dict[str, Any], experiment: str, key: str, name: str,
@@ -323,7 +406,7 @@ def open_run(tracking_cfg: dict[str, Any], experiment: str, key: str, name: str,
     tracker = open_tracker(tracking_cfg, experiment)
     if tracker is None:
         return NullRun()
-    base = {**git_tags(), "seglab.study": experiment, **(source_tags(command) if command else {})}
+    base = {**git_tags(), "seglab.study": experiment, **scheduler_tags(), **(source_tags(command) if command else {})}
     run = tracker.open(key, name, parent_key, {**base, **(tags or {})})
     if monitor and tracking_cfg["system_metrics"]:
         run.start_system_metrics(float(tracking_cfg["system_metrics_interval"]))

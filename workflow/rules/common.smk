@@ -129,3 +129,16 @@ def eval_files(name):
 
 def final_outputs():
     return [f"{L.report_dir}/index.html", L.metrics]
+
+
+def track_init():
+    """`seglab track-init` (the onstart hook), logged to <output_dir>/logs/track-init.log. Its
+    failure (a tracking server that does not answer or refuses the credentials) ends the study
+    before any job, with seglab's one-line message: Snakemake stops on an onstart exception."""
+    log = Path(LOGS) / "track-init.log"
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "seglab", "track-init", "--config", f"{STAGE}/study.json"],
+                              stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        message = log.read_text().strip().splitlines() or [f"exit status {done.returncode}"]
+        raise WorkflowError(f"{message[-1]}\n(seglab track-init failed, see {log}; no job was started.)")
