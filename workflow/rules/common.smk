@@ -54,9 +54,13 @@ for _relpath, _content in stage_configs(CFG).items():
 
 def _uses_gpu():
     """A training job takes one `gpu` slot only where a GPU will be used, so CPU-only
-    machines run several trainings side by side and GPU machines never share one."""
+    machines run several trainings side by side and GPU machines never share one.
+    `study.device: cuda` always asks for one: on a cluster Snakemake runs on a login node
+    with no GPU to detect, and the SLURM executor turns `gpu` into `sbatch --gpus`."""
     if CFG["study"]["device"] == "cpu":
         return 0
+    if CFG["study"]["device"] == "cuda":
+        return 1
     if shutil.which("nvidia-smi") is None:
         return 0
     return int(subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0)
