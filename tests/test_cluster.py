@@ -149,7 +149,8 @@ def test_server_credentials_come_from_the_environment(tmp_path):
                            "admin_username = admin\nadmin_password = seglab-test-password\n"
                            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     process, uri = start_mlflow_server(tmp_path / "server", "--app-name", "basic-auth",
-                                       env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_config)})
+                                       env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "seglab-test-csrf-key"})
     try:
         stage = write_stage_configs(tmp_path, tiny_config(tracking={"enabled": True}))
         args = ["track-init", "--config", str(stage / "study.json")]

@@ -13,13 +13,13 @@ one message instead of MLflow's minutes of retries.
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import ssl
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -39,8 +39,11 @@ MODEL_TRAINING = "custom_model_development"
 UI_WORKFLOW = "machine_learning"
 
 
-# How long the probe waits for a tracking server to answer (connect and reply).
+# How long the probe waits to connect to a tracking server: nothing listening, a wrong host
+# or a firewall fail within this. A server that accepted the connection may take longer to
+# answer (a loaded machine, a password hash): it gets PROBE_ANSWER_S.
 PROBE_TIMEOUT_S = 3.0
+PROBE_ANSWER_S = 30.0
 # One request that needs a working server and, where it has auth, valid credentials.
 PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -58,57 +61,68 @@ def _uri_origin(configured: str | None) -> str:
     return "tracking.uri in the study config" if configured else "MLFLOW_TRACKING_URI"
 
 
-def _probe_request(uri: str) -> urllib.request.Request:
-    """The probe, with the credentials MLflow itself would send (it reads the same variables)."""
-    request = urllib.request.Request(uri.rstrip("/") + PROBE_PATH)
+def _probe_headers() -> dict[str, str]:
+    """The credentials MLflow itself would send (it reads the same variables)."""
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     if user and password:
-        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {pair}")
-    elif token:
-        request.add_header("Authorization", f"Bearer {token}")
-    return request
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    return {}
 
 
-def _probe_tls() -> ssl.SSLContext | None:
+def _probe_tls() -> ssl.SSLContext:
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
         return ssl._create_unverified_context()
-    cert = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
-    return ssl.create_default_context(cafile=cert) if cert else None
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
 
 
 _PROBED: set[str] = set()
 
 
-def probe_server(uri: str, origin: str = "MLFLOW_TRACKING_URI", timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def probe_server(uri: str, origin: str = "MLFLOW_TRACKING_URI", timeout_s: float = PROBE_TIMEOUT_S,
+                 answer_s: float = PROBE_ANSWER_S) -> None:
     """Ask an ``http(s)://`` tracking server one question, once per process, with no retries.
 
-    Raises TrackingError naming ``uri`` and the fix when nothing answers in ``timeout_s``,
-    the server refuses the credentials, or what answers is not an MLflow server. Other URIs
-    (a SQLite file, a local folder) are not probed: opening them cannot hang.
+    Raises TrackingError naming ``uri`` and the fix when no connection opens in ``timeout_s``,
+    the server does not answer in ``answer_s``, refuses the credentials, or is not an MLflow
+    server. Other URIs (a SQLite file, a local folder) are not probed: opening them cannot hang.
     """
     if not uri.lower().startswith(("http://", "https://")) or uri in _PROBED:
         return
     fix = (f"Start the server, point {origin} at a running one, or unset it "
            f"(then runs are recorded in {DEFAULT_URI} in the project).")
+    kept = "Nothing was trained; results already computed are kept."
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port or 443, timeout=timeout_s, context=_probe_tls())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
     try:
-        with urllib.request.urlopen(_probe_request(uri), timeout=timeout_s, context=_probe_tls()) as reply:
+        try:
+            connection.connect()
+        except OSError as error:
+            raise TrackingError(f"MLflow tracking server {uri} ({origin}) is not reachable ({error}; waited at most "
+                                f"{timeout_s:g}s). {fix} {kept}") from None
+        try:
+            connection.sock.settimeout(answer_s)
+            connection.request("GET", parts.path.rstrip("/") + PROBE_PATH, headers=_probe_headers())
+            reply = connection.getresponse()
             reply.read(1024)
-    except urllib.error.HTTPError as error:
-        if error.code in (401, 403):
-            raise TrackingError(
-                f"MLflow tracking server {uri} ({origin}) refused the credentials (HTTP {error.code}). "
-                "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server. "
-                "Nothing was trained; results already computed are kept.") from None
+        except OSError as error:
+            raise TrackingError(f"MLflow tracking server {uri} ({origin}) accepted a connection but did not answer "
+                                f"({error}; waited {answer_s:g}s). {fix} {kept}") from None
+    finally:
+        connection.close()
+    if reply.status in (401, 403):
         raise TrackingError(
-            f"{uri} ({origin}) answered HTTP {error.code} to MLflow's experiments API: it is not a working "
-            f"MLflow tracking server. {fix} Nothing was trained; results already computed are kept.") from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise TrackingError(
-            f"MLflow tracking server {uri} ({origin}) is not reachable ({reason}; waited at most {timeout_s:g}s). "
-            f"{fix} Nothing was trained; results already computed are kept.") from None
+            f"MLflow tracking server {uri} ({origin}) refused the credentials (HTTP {reply.status}). "
+            f"Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server. {kept}")
+    if reply.status != 200:
+        raise TrackingError(f"{uri} ({origin}) answered HTTP {reply.status} to MLflow's experiments API: it is not a "
+                            f"working MLflow tracking server. {fix} {kept}")
     _PROBED.add(uri)
 
 
