@@ -19,8 +19,9 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
-    # Create the MLflow store and experiment once, before parallel jobs write to it.
-    shell(f"{SEGLAB} track-init --config {STAGE}/study.json > {LOGS}/track-init.log 2>&1")
+    # Create the MLflow store and experiment once, before parallel jobs write to it; an
+    # unreachable tracking server stops the study here, before any job starts.
+    track_init()
 
 
 rule all:

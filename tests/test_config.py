@@ -3,7 +3,7 @@ import json
 import pytest
 
 from seglab.config import ConfigError, config_hash, load_config, stage_configs, validate, write_if_changed
-from tests.conftest import REPO, tiny_study
+from tests.helpers import REPO, tiny_study
 
 
 def test_default_study_validates_and_resolves_variants():

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from seglab.config import ConfigError, load_config, read_yaml, validate
-from tests.conftest import snakemake_cmd, tiny_study, workflow_env, write_yaml
+from tests.helpers import snakemake_cmd, tiny_study, workflow_env, write_yaml
 
 TWO_VARIANT_BLOCKS = """\
 study: {name: twice, output_dir: results/twice}

@@ -17,7 +17,7 @@ from PIL import Image
 from seglab.cli import main
 from seglab.config import ConfigError, fold_count, stage_configs, validate
 from seglab.data.splits import fold_ids, training_pool
-from tests.conftest import snakemake_cmd, workflow_env
+from tests.helpers import snakemake_cmd, workflow_env
 
 # HW6: segmentation/{train,validation,test} with grey-level masks (mapping.json), colorization/train_cor.
 GREY = {"background": 0, "shaft": 10, "tip": 20}

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -229,3 +236,76 @@ def test_pull_does_not_hide_a_changed_config(project, tmp_path):
     dry = run_snakemake(clone, None, "-n", env=project_env(clone), cores=1)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert job_counts(dry.stdout + dry.stderr)["train"] >= 2  # Snakemake still sees work to do
+
+
+def start_moto(root: Path) -> tuple[subprocess.Popen, str]:
+    """An S3 endpoint on 127.0.0.1 (moto's server, in memory), in a session of its own."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], cwd=root,
+                              stdout=(root / "moto.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (root / "moto.log").read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(endpoint, timeout=2):
+                return server, endpoint
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(server.pid, signal.SIGKILL)
+    raise RuntimeError("moto_server did not answer in 60 s")
+
+
+def add_s3_remote(root: Path, endpoint: str) -> None:
+    """The remote as a user adds it: the address and credentials in .dvc/config.local only."""
+    sh(root, "dvc", "remote", "add", "--local", "-d", "s3store", "s3://seglab-test/dvc")
+    sh(root, "dvc", "remote", "modify", "--local", "s3store", "endpointurl", endpoint)
+    sh(root, "dvc", "remote", "modify", "--local", "s3store", "region", "us-east-1")
+    sh(root, "dvc", "remote", "modify", "--local", "s3store", "access_key_id", "seglab-test-key")
+    sh(root, "dvc", "remote", "modify", "--local", "s3store", "secret_access_key", "seglab-test-secret")
+
+
+def test_s3_remote_push_then_pull_on_a_fresh_clone(project, tmp_path):
+    """`dvc push` to S3 (moto on 127.0.0.1), a fresh clone, `make pull`: nothing to re-run."""
+    import boto3
+
+    server, endpoint = start_moto(tmp_path)
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="seglab-test-key", aws_secret_access_key="seglab-test-secret")
+        s3.create_bucket(Bucket="seglab-test")
+        add_s3_remote(project, endpoint)
+        start = time.perf_counter()
+        sh(project, "dvc", "push")
+        push_s = time.perf_counter() - start
+        objects = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket="seglab-test")
+                   for o in page.get("Contents", [])]
+        pushed = sum(o["Size"] for o in objects)
+        assert objects and pushed > 0
+        # Endpoint and credentials stay out of git: only the ignored .dvc/config.local has them.
+        assert "s3store" not in (project / ".dvc" / "config").read_text()
+        assert ".dvc/config.local" not in sh(project, "git", "ls-files").stdout.split()
+        assert "config.local" not in sh(project, "git", "status", "--porcelain").stdout  # ignored, not just untracked
+
+        clone = tmp_path / "clone"
+        sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+        assert not (clone / "results" / "models").exists()
+        add_s3_remote(clone, endpoint)
+        start = time.perf_counter()
+        out = sh(clone, "make", "pull", f"VENV={VENV_BIN.parent}", "STAMP=").stdout
+        pull_s = time.perf_counter() - start
+        assert "pulled results marked up to date" in out
+        pulled = sum(p.stat().st_size for p in (clone / ".dvc" / "cache").rglob("*") if p.is_file())
+        print(f"\nS3 remote: pushed {len(objects)} objects, {pushed / 1e6:.2f} MB in {push_s:.1f}s; "
+              f"make pull {pulled / 1e6:.2f} MB into the clone's cache in {pull_s:.1f}s")
+        for pattern in ("results/models/*/fold*/best.pt", "results/pretrain/*/weights.pt"):
+            files = sorted(p.relative_to(clone) for p in clone.glob(pattern))
+            assert files and all((clone / p).read_bytes() == (project / p).read_bytes() for p in files), pattern
+        dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1")
+        assert "Nothing to be done" in dry.stdout + dry.stderr
+        assert sh(clone, "dvc", "status", "--quiet", ok=False).returncode == 0
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -11,7 +11,7 @@ import pytest
 from seglab.config import stage_configs, validate
 from seglab.records import evaluation_metrics, record_fold
 from seglab.tracking import NullRun, Tracker, open_run
-from tests.conftest import tiny_study
+from tests.helpers import tiny_study
 
 WORKERS = 4
 EPOCHS = 12

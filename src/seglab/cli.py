@@ -377,10 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data.io import DataError
+    from .tracking import TrackingError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, CheckpointError) as exc:
+    except (ConfigError, DataError, CheckpointError, TrackingError) as exc:
         print(f"seglab: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:

@@ -51,9 +51,11 @@ def pin_visible_gpu(lock_dir: Path = DEFAULT_DIR) -> Slot | None:
     """On a machine with several visible GPUs, take a slot and make it the only visible device.
 
     Must run before torch initialises CUDA. Returns None (and changes nothing) with fewer
-    than two GPUs, or when the user already chose devices with CUDA_VISIBLE_DEVICES.
+    than two GPUs, when the user already chose devices with CUDA_VISIBLE_DEVICES, or in a
+    SLURM job: there the scheduler owns the devices, and lock files in a project folder
+    that several nodes share would make jobs on different machines wait for each other.
     """
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
+    if "CUDA_VISIBLE_DEVICES" in os.environ or "SLURM_JOB_ID" in os.environ:
         return None
     count = _gpu_count()
     if count < 2:

@@ -5,14 +5,21 @@ for each pretraining and one for the evaluation. Runs are found again by a stabl
 tag (``seglab.key``), so re-running a job continues its run instead of adding one.
 Parallel Snakemake jobs share one SQLite store: the experiment and parent runs are
 created under a file lock, and calls are retried while the database is locked.
+A tracking server (an ``http(s)://`` URI) is probed once per process before anything is
+recorded, so that an unreachable server or refused credentials end the job at once with
+one message instead of MLflow's minutes of retries.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
+import ssl
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -32,9 +39,97 @@ MODEL_TRAINING = "custom_model_development"
 UI_WORKFLOW = "machine_learning"
 
 
+# How long the probe waits to connect to a tracking server: nothing listening, a wrong host
+# or a firewall fail within this. A server that accepted the connection may take longer to
+# answer (a loaded machine, a password hash): it gets PROBE_ANSWER_S.
+PROBE_TIMEOUT_S = 3.0
+PROBE_ANSWER_S = 30.0
+# One request that needs a working server and, where it has auth, valid credentials.
+PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used: a user-caused error with one message naming the fix."""
+
+
 def resolve_uri(configured: str | None) -> str:
     """Config first, then $MLFLOW_TRACKING_URI, then ``sqlite:///mlflow.db`` in the project."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _uri_origin(configured: str | None) -> str:
+    return "tracking.uri in the study config" if configured else "MLFLOW_TRACKING_URI"
+
+
+def _probe_headers() -> dict[str, str]:
+    """The credentials MLflow itself would send (it reads the same variables)."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def _probe_tls() -> ssl.SSLContext:
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+
+
+_PROBED: set[str] = set()
+
+
+def probe_server(uri: str, origin: str = "MLFLOW_TRACKING_URI", timeout_s: float = PROBE_TIMEOUT_S,
+                 answer_s: float = PROBE_ANSWER_S) -> None:
+    """Ask an ``http(s)://`` tracking server one question, once per process, with no retries.
+
+    Raises TrackingError naming ``uri`` and the fix when no connection opens in ``timeout_s``,
+    the server does not answer in ``answer_s``, refuses the credentials, or is not an MLflow
+    server. Other URIs (a SQLite file, a local folder) are not probed: opening them cannot hang.
+    """
+    if not uri.lower().startswith(("http://", "https://")) or uri in _PROBED:
+        return
+    fix = (f"Start the server, point {origin} at a running one, or unset it "
+           f"(then runs are recorded in {DEFAULT_URI} in the project).")
+    kept = "Nothing was trained; results already computed are kept."
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port or 443, timeout=timeout_s, context=_probe_tls())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
+    try:
+        try:
+            connection.connect()
+        except OSError as error:
+            raise TrackingError(f"MLflow tracking server {uri} ({origin}) is not reachable ({error}; waited at most "
+                                f"{timeout_s:g}s). {fix} {kept}") from None
+        try:
+            connection.sock.settimeout(answer_s)
+            connection.request("GET", parts.path.rstrip("/") + PROBE_PATH, headers=_probe_headers())
+            reply = connection.getresponse()
+            reply.read(1024)
+        except OSError as error:
+            raise TrackingError(f"MLflow tracking server {uri} ({origin}) accepted a connection but did not answer "
+                                f"({error}; waited {answer_s:g}s). {fix} {kept}") from None
+    finally:
+        connection.close()
+    if reply.status in (401, 403):
+        raise TrackingError(
+            f"MLflow tracking server {uri} ({origin}) refused the credentials (HTTP {reply.status}). "
+            f"Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server. {kept}")
+    if reply.status != 200:
+        raise TrackingError(f"{uri} ({origin}) answered HTTP {reply.status} to MLflow's experiments API: it is not a "
+                            f"working MLflow tracking server. {fix} {kept}")
+    _PROBED.add(uri)
+
+
+def scheduler_tags() -> dict[str, str]:
+    """The batch scheduler's job behind this process (SLURM), so a run leads to its job's logs."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return {"slurm.job_id": job} if job else {}
 
 
 def _git(args: list[str], cwd: Path | None) -> str | None:
@@ -310,7 +405,9 @@ class Tracker:
 def open_tracker(tracking_cfg: dict[str, Any], experiment: str) -> Tracker | None:
     if not tracking_cfg["enabled"]:
         return None
-    return Tracker(resolve_uri(tracking_cfg["uri"]), experiment)
+    uri = resolve_uri(tracking_cfg["uri"])
+    probe_server(uri, _uri_origin(tracking_cfg["uri"]))
+    return Tracker(uri, experiment)
 
 
 def open_run(tracking_cfg: dict[str, Any], experiment: str, key: str, name: str,
@@ -323,7 +420,7 @@ def open_run(tracking_cfg: dict[str, Any], experiment: str, key: str, name: str,
     tracker = open_tracker(tracking_cfg, experiment)
     if tracker is None:
         return NullRun()
-    base = {**git_tags(), "seglab.study": experiment, **(source_tags(command) if command else {})}
+    base = {**git_tags(), "seglab.study": experiment, **scheduler_tags(), **(source_tags(command) if command else {})}
     run = tracker.open(key, name, parent_key, {**base, **(tags or {})})
     if monitor and tracking_cfg["system_metrics"]:
         run.start_system_metrics(float(tracking_cfg["system_metrics_interval"]))

@@ -54,9 +54,13 @@ for _relpath, _content in stage_configs(CFG).items():
 
 def _uses_gpu():
     """A training job takes one `gpu` slot only where a GPU will be used, so CPU-only
-    machines run several trainings side by side and GPU machines never share one."""
+    machines run several trainings side by side and GPU machines never share one.
+    `study.device: cuda` always asks for one: on a cluster Snakemake runs on a login node
+    with no GPU to detect, and the SLURM executor turns `gpu` into `sbatch --gpus`."""
     if CFG["study"]["device"] == "cpu":
         return 0
+    if CFG["study"]["device"] == "cuda":
+        return 1
     if shutil.which("nvidia-smi") is None:
         return 0
     return int(subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0)
@@ -129,3 +133,16 @@ def eval_files(name):
 
 def final_outputs():
     return [f"{L.report_dir}/index.html", L.metrics]
+
+
+def track_init():
+    """`seglab track-init` (the onstart hook), logged to <output_dir>/logs/track-init.log. Its
+    failure (a tracking server that does not answer or refuses the credentials) ends the study
+    before any job, with seglab's one-line message: Snakemake stops on an onstart exception."""
+    log = Path(LOGS) / "track-init.log"
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "seglab", "track-init", "--config", f"{STAGE}/study.json"],
+                              stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        message = log.read_text().strip().splitlines() or [f"exit status {done.returncode}"]
+        raise WorkflowError(f"{message[-1]}\n(seglab track-init failed, see {log}; no job was started.)")

@@ -1,0 +1,220 @@
+"""Beyond one machine, on real engines: a study recorded on a real MLflow server, and the same
+study run through SLURM (Snakemake's executor plugin, workflow/profiles/slurm) on a one-node
+cluster started by the test. Both runs use one tiny study with one variant; the local run
+against the server is the reference the SLURM run's metrics must equal.
+
+Services listen on 127.0.0.1 only and are stopped by the process ids the tests started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, snakemake_cmd, tiny_study, workflow_env, write_yaml
+from tests.slurm_cluster import missing_reason, start_cluster
+from tests.helpers import run_seglab, tiny_config, write_stage_configs
+
+pytestmark = pytest.mark.e2e
+
+RULES = ["download", "verify", "preprocess", "split", "train", "evaluate", "aggregate", "compare", "report"]
+
+
+def cluster_study() -> dict:
+    """The tiny study with one variant: 2 folds train side by side, the fewest jobs that cover every stage."""
+    cfg = tiny_study()
+    cfg["variants"] = {"scratch": {}}
+    return cfg
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_mlflow_server(root: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on 127.0.0.1 with its SQLite store and artifact folder in ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+           "--workers", "1", *extra]
+    # Its own session: the server's worker processes are stopped with it, by its process id.
+    server = subprocess.Popen(cmd, cwd=root, env=env or dict(os.environ), stdout=(root / "server.log").open("w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow server exited:\n{(root / 'server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return server, uri
+        except OSError:
+            time.sleep(0.5)
+    stop(server)
+    raise RuntimeError(f"mlflow server did not answer in 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process the test started (and the session it leads) by its process id."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield uri
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def local_run(server, tmp_path_factory) -> dict:
+    """The study run on this machine with two jobs at a time, recorded on the server."""
+    tmp = tmp_path_factory.mktemp("local-study")
+    config = write_yaml(tmp / "study.yaml", cluster_study())
+    start = time.perf_counter()
+    done = subprocess.run(snakemake_cmd(tmp, config), env={**workflow_env(tmp), "MLFLOW_TRACKING_URI": server},
+                          capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    print(f"\ntiny cluster study, locally with --cores 2: {seconds:.1f}s")
+    return {"dir": tmp, "seconds": seconds, "output": done.stdout + done.stderr}
+
+
+def comparable(metrics: dict) -> dict:
+    """metrics.json without what differs between two runs of the same study (times, run ids)."""
+    return {variant: {k: v for k, v in values.items() if k not in ("train_seconds", "run_ids")}
+            for variant, values in metrics["variants"].items()}
+
+
+def test_a_parallel_study_records_every_run_metric_and_artifact_once_on_the_server(server, local_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=server)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    names = sorted(r.info.run_name for r in runs)
+    expected = ["scratch", "scratch-evaluate", "scratch-fold0", "scratch-fold1"]
+    print(f"server: {len(runs)} runs ({names}), expected {expected}")
+    assert names == expected  # every run, none twice
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by_name = {r.info.run_name: r for r in runs}
+    epochs = cluster_study()["defaults"]["train"]["epochs"]
+    history_points = 0
+    for fold in ("scratch-fold0", "scratch-fold1"):
+        run = by_name[fold]
+        assert run.data.tags["mlflow.parentRunId"] == by_name["scratch"].info.run_id
+        for key in ("train_loss", "val_loss", "val_dice", "lr"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == list(range(1, epochs + 1)), (fold, key, steps)  # each epoch once
+            history_points += len(steps)
+        # Artifacts went through the server into its --artifacts-destination.
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+        listed = {a.path for folder in (None, "plots", "config") for a in client.list_artifacts(run.info.run_id, folder)}
+        assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= listed
+        local = client.download_artifacts(run.info.run_id, "history.csv", str(local_run["dir"] / f"{fold}-download"))
+        fold_dir = local_run["dir"] / "results" / "models" / "scratch" / fold.split("-")[1]
+        assert Path(local).read_bytes() == (fold_dir / "history.csv").read_bytes()
+    evaluation = by_name["scratch-evaluate"]
+    metrics = json.loads((local_run["dir"] / "results" / "metrics.json").read_text())
+    assert evaluation.data.metrics["test_dice"] == pytest.approx(metrics["variants"]["scratch"]["test_dice"])
+    listed = {a.path for folder in (None, "plots") for a in client.list_artifacts(evaluation.info.run_id, folder)}
+    assert {"per_image.csv", "metrics.json", "plots/sample_overlays.png"} <= listed
+    print(f"server: {history_points} per-epoch metric points on the folds' 4 curves, expected {2 * 4 * epochs}")
+
+
+def test_server_credentials_come_from_the_environment(tmp_path):
+    """MLflow's basic-auth app: MLflow and the probe read MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    auth_config = tmp_path / "basic_auth.ini"
+    auth_config.write_text("[mlflow]\ndefault_permission = READ\n"
+                           f"database_uri = sqlite:///{tmp_path / 'basic_auth.db'}\n"
+                           "admin_username = admin\nadmin_password = seglab-test-password\n"
+                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    process, uri = start_mlflow_server(tmp_path / "server", "--app-name", "basic-auth",
+                                       env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "seglab-test-csrf-key"})
+    try:
+        stage = write_stage_configs(tmp_path, tiny_config(tracking={"enabled": True}))
+        args = ["track-init", "--config", str(stage / "study.json")]
+        refused = run_seglab(args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_TRACKING_USERNAME="admin",
+                             MLFLOW_TRACKING_PASSWORD="wrong")
+        assert refused.returncode == 2 and "refused the credentials (HTTP 401)" in refused.stderr, refused.stderr[-2000:]
+        assert uri in refused.stderr and "Traceback" not in refused.stderr
+        accepted = run_seglab(args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri, MLFLOW_TRACKING_USERNAME="admin",
+                              MLFLOW_TRACKING_PASSWORD="seglab-test-password")
+        assert accepted.returncode == 0, accepted.stderr[-2000:]
+        assert "MLflow: experiment 'tiny'" in accepted.stdout
+    finally:
+        stop(process)
+
+
+def submitted_jobs(output: str) -> dict[str, Path]:
+    """SLURM job id -> its log, from Snakemake's 'submitted with SLURM jobid N (log: ...)' lines."""
+    return {m.group(1): Path(m.group(2)) for m in re.finditer(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)", output)}
+
+
+def test_the_study_runs_through_slurm_with_the_local_metrics(local_run, tmp_path):
+    reason = missing_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the SLURM test: {reason}")
+        pytest.skip(reason)
+    cluster = start_cluster(tmp_path / "slurm")
+    try:
+        work = tmp_path / "study"
+        work.mkdir()
+        config = write_yaml(work / "study.yaml", cluster_study())
+        env = {**workflow_env(work), "SLURM_CONF": cluster.env["SLURM_CONF"]}
+        env["PATH"] = f"{cluster.root / 'bin'}{os.pathsep}{env['PATH']}"
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+               "--configfile", str(config), "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+               "--slurm-init-seconds-before-status-checks", "1"]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        seconds = time.perf_counter() - start
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-4000:] + cluster.log("slurmctld")[-2000:]
+    finally:
+        cluster.stop()
+    assert all(p.returncode is not None for p in cluster.processes)  # the daemons are gone
+
+    jobs = submitted_jobs(output)
+    print(f"tiny cluster study through SLURM: {seconds:.1f}s (locally {local_run['seconds']:.1f}s); "
+          f"SLURM job ids {sorted(jobs, key=int)}")
+    # Every stage ran inside a SLURM job that the controller saw finish with exit status 0...
+    controller = cluster.log("slurmctld")
+    stages_in_jobs = set()
+    for job_id, log in jobs.items():
+        assert log.is_relative_to(work / "results" / "logs" / "slurm") and log.is_file(), log
+        assert re.search(rf"_job_complete: JobId={job_id} WEXITSTATUS 0", controller), job_id
+        stages_in_jobs |= {rule for rule in RULES if re.search(rf"^rule {rule}:", log.read_text(), re.M)}
+    assert stages_in_jobs == set(RULES)
+    # ... and every MLflow run records its SLURM job.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    stage_runs = [r for r in runs if "seglab.stage" in r.data.tags]
+    assert stage_runs and all(r.data.tags.get("slurm.job_id") in jobs for r in stage_runs)
+
+    local = json.loads((local_run["dir"] / "results" / "metrics.json").read_text())
+    remote = json.loads((work / "results" / "metrics.json").read_text())
+    assert comparable(remote) == comparable(local)
