@@ -58,7 +58,7 @@ def cmd_split(args: argparse.Namespace) -> None:
         if not test_file.is_absolute():
             test_file = Path(read_json(args.verify)["root"]) / test_file
         test_ids = read_test_list(test_file, split["test_key"])
-    if "role" in manifest and manifest["role"].fillna("").astype(str).ne("").any():
+    if "role" in manifest and manifest["role"].dropna().astype(str).ne("").any():
         # A pre-split dataset (dataset.folder.train/val/test): its folders are the split.
         splits = make_presplit_splits(manifest, split["validation"], split["folds"], split["test_fraction"], split["seed"])
     else:
