@@ -18,6 +18,16 @@ from pathlib import Path
 IMAGES = "images.npy"
 MASKS = "masks.npy"
 MANIFEST = "manifest.csv"
+# The native-size cache (preprocess.policy native): images and masks of any size, each
+# image's bytes back to back in one blob, found through the offsets index.
+IMAGE_BLOB = "images.blob"
+MASK_BLOB = "masks.blob"
+BLOB_INDEX = "blob_index.csv"
+
+
+def store_files(policy: str) -> tuple[str, ...]:
+    """The pixel files preprocess writes for ``preprocess.policy`` (besides manifest and fingerprint)."""
+    return (IMAGE_BLOB, MASK_BLOB, BLOB_INDEX) if policy == "native" else (IMAGES, MASKS)
 FINGERPRINT = "fingerprint.json"
 
 # A trained fold (<out>/models/<variant>/fold<k>/) and a colorization pretraining

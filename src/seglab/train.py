@@ -10,6 +10,7 @@ is complete.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from .data.io import IGNORE, sha256_file
 from .data.loaders import loader_workers, make_loader
 from .data.splits import fold_ids
 from .data.transforms import build_augmentation
+from .data.patches import PatchDataset
 from .engine import EarlyStopping, Execution, monitor_mode
+from .inference import inference_window, validate_whole_images
 from .losses import build_loss
 from .metrics import MetricAccumulator
 from .models import build_model, count_parameters, output_channels
@@ -50,14 +53,20 @@ def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer.name: unknown optimiser {name!r}; use adam, adamw or sgd")
 
 
-def build_train_set(data: PreparedData, ids: list[str], augmentation: dict[str, Any], seed: int) -> tuple[Dataset, Any]:
+def build_train_set(data: PreparedData, ids: list[str], augmentation: dict[str, Any], seed: int,
+                    cfg_train: dict[str, Any] | None = None) -> tuple[Dataset, Any]:
     """The training dataset the augmentation block asks for, and its albumentations policy.
 
     online: each epoch draws fresh augmentations, the set repeated ``multiplier`` times;
     offline: originals plus ``multiplier - 1`` augmented copies drawn once, no further augmentation.
+    With ``train.patch_size``: random patches (online only; see :mod:`seglab.data.patches`),
+    ``multiplier`` patches per image and epoch.
     """
     augment = build_augmentation(augmentation, seed)
     times = augmentation["multiplier"]
+    if cfg_train is not None and cfg_train["patch_size"] is not None:
+        patches = PatchDataset(data, ids, cfg_train["patch_size"], cfg_train["foreground_fraction"], augment)
+        return (Repeated(patches, times) if times > 1 else patches), augment
     if augmentation["mode"] == "offline":
         if augment is None or times == 1:
             return SegmentationDataset(data, ids), augment
@@ -101,7 +110,7 @@ def train_fold(
     train_ids, val_ids = fold_ids(splits, fold)
     cfg_train = variant["train"]
 
-    train_set, augment = build_train_set(data, train_ids, variant["augmentation"], seed)
+    train_set, augment = build_train_set(data, train_ids, variant["augmentation"], seed, cfg_train)
     val_set = SegmentationDataset(data, val_ids)
     workers = loader_workers(cfg_train["num_workers"], device)
     train_loader = make_loader(train_set, cfg_train["batch_size"], True, seed, workers, device)
@@ -150,11 +159,17 @@ def train_fold(
             state["unfrozen"] = True
             print(f"{prefix} epoch {epoch + 1}: encoder unfrozen", flush=True)
 
+    # A patch-trained model is validated on whole images by sliding windows, as evaluation sees them.
+    window = inference_window(variant)
+    validate = None if window is None else partial(
+        validate_whole_images, dataset=val_set, loss_fn=loss_fn, execution=execution, metrics=metrics, window=window,
+        overlap=variant["inference"]["overlap"], batch_size=variant["inference"]["batch_size"])
+
     state = {"unfrozen": False}
     selector, history = fit_resumable(
         model, train_loader, val_loader, loss_fn, optimizer, execution,
         cfg_train["epochs"], cfg_train["patience"], store, run, prefix, metrics, augment,
-        stopper=stopper, selector=selector, scheduler=schedule, on_epoch_start=on_epoch_start,
+        stopper=stopper, selector=selector, scheduler=schedule, on_epoch_start=on_epoch_start, validate=validate,
     )
     # Summed over epochs, so a resumed job reports its whole training time, not the last attempt's.
     seconds = sum(r["seconds"] for r in history)

@@ -173,7 +173,8 @@ def sample_rows(data: PreparedData, test_ids: list[str], eval_dir: Path) -> list
     fg = list(range(1, data.num_classes))
     for caption, i in picks.items():
         row = data.indices([test_ids[i]])[0]
-        image, truth, pred = np.asarray(data.images[row]), np.asarray(data.masks[row]), predictions[i]
+        image, truth = np.asarray(data.images[row]), np.asarray(data.masks[row])
+        pred = predictions[i][:truth.shape[0], :truth.shape[1]]  # native sizes are padded in the file
         rows.append({"image": image, "truth": truth, "pred": pred, "overlay": figures.overlay(image, truth, pred, fg),
                      "caption": f"{caption}: {test_ids[i]}\nDice {ensemble['dice'][i]:.3f}"})
     return rows

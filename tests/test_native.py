@@ -1,0 +1,138 @@
+"""Images at their own resolution on real data (DRIVE): native cache, ROI, patches, whole-image
+validation, evaluation and prediction by sliding windows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from seglab import layout
+from seglab.config import ConfigError, validate
+from seglab.data.dataset import PreparedData
+from seglab.data.io import IGNORE
+from seglab.data.patches import PatchDataset
+from seglab.data.preprocess import fit_native, preprocess
+from seglab.data.splits import make_splits
+from seglab.data.verify import verify_dataset
+from seglab.evaluate import evaluate_variant
+from seglab.predict import predict_folder
+from seglab.train import train_fold
+from tests.conftest import SHARED_DATASETS
+
+DRIVE = SHARED_DATASETS / "drive"
+pytestmark = pytest.mark.skipif(not DRIVE.is_dir(), reason=f"{DRIVE} is absent (see the shared datasets README)")
+
+
+def drive_study(**train) -> dict:
+    return {
+        "study": {"name": "drive-native", "seed": 3, "device": "cpu"},
+        "dataset": {"name": "drive", "source": "folder", "classes": ["background", "vessel"], "mask_encoding": "binary",
+                    "folder": {"root": str(DRIVE), "images": "training/images", "masks": "training/1st_manual",
+                               "roi": "training/mask", "image_regex": r"^(?P<id>\d+)_training$",
+                               "mask_regex": r"^(?P<id>\d+)_manual1$", "roi_regex": r"^(?P<id>\d+)_training_mask$"}},
+        "preprocess": {"policy": "native"},
+        "split": {"folds": 2, "test_fraction": 0.2},
+        "defaults": {"model": {"base": 4, "depth": 2}, "augmentation": {"preset": "flip", "grid_samples": 0},
+                     "inference": {"window": 96, "overlap": 0.25, "batch_size": 16},
+                     "train": {"epochs": 1, "batch_size": 8, "patch_size": 64, **train}},
+        "variants": {"patches": {}},
+    }
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    root = tmp_path_factory.mktemp("native")
+    cfg = validate(drive_study())
+    report = verify_dataset(DRIVE, cfg["dataset"], "fail")
+    preprocess(report, cfg["preprocess"]["size"], "native", root / "prepared", cfg["preprocess"]["max_side"])
+    manifest = pd.read_csv(root / "prepared" / layout.MANIFEST, dtype={"id": str, "group": str})
+    splits = make_splits(manifest, folds=2, test_fraction=0.2, seed=0)
+    return cfg, root, report, splits
+
+
+def test_native_cache_keeps_each_size_and_ignores_outside_the_roi(native):
+    cfg, root, report, _ = native
+    data = PreparedData(root / "prepared")
+    assert not (root / "prepared" / layout.IMAGES).exists()  # one blob, not a square array
+    sizes = {(p["height"], p["width"]) for p in report["pairs"]}
+    assert sizes == {(584, 565)}
+    assert (root / "prepared" / layout.IMAGE_BLOB).stat().st_size == 20 * 584 * 565 * 3
+    for row, pair in enumerate(report["pairs"]):
+        image, mask = data.images[row], data.masks[row]
+        assert image.shape == (584, 565, 3) and mask.shape == (584, 565)
+        np.testing.assert_array_equal(image, np.asarray(Image.open(pair["image"]).convert("RGB")))
+        roi = np.asarray(Image.open(pair["roi"]).convert("L")) > 0
+        assert (mask[~roi] == IGNORE).all() and set(np.unique(mask[roi]).tolist()) == {0, 1}
+    assert data.fingerprint["roi"] is True and data.ignore_index == IGNORE
+
+
+def test_max_side_scales_the_longest_side_only_when_larger():
+    image, mask = np.zeros((584, 565, 3), np.uint8), np.zeros((584, 565), np.uint8)
+    small_image, small_mask = fit_native(image, mask, 292)
+    assert small_image.shape == (292, 282, 3) and small_mask.shape == (292, 282)
+    assert fit_native(image, mask, 1000)[1].shape == (584, 565)
+
+
+def test_patches_centre_on_foreground_at_the_requested_share(native):
+    _, root, _, splits = native
+    data = PreparedData(root / "prepared")
+    ids = splits["folds"][0]
+
+    def centre_share(fraction: float) -> float:
+        patches = PatchDataset(data, ids, 64, fraction)
+        hits = [int(patches[(seed, seed % len(ids))][1][32, 32] == 1) for seed in range(120)]
+        return float(np.mean(hits))
+
+    always, never = centre_share(1.0), centre_share(0.0)
+    assert always > 0.9 and never < 0.3
+    patches = PatchDataset(data, ids, 64, 0.33)
+    first, again = patches[(7, 1)], patches[(7, 1)]
+    torch.testing.assert_close(first[0], again[0])  # the seed fixes the crop
+    assert first[0].shape == (3, 64, 64) and first[1].shape == (64, 64)
+
+
+def test_native_policy_needs_patches():
+    study = drive_study()
+    study["defaults"]["train"].pop("patch_size")
+    with pytest.raises(ConfigError, match="train.patch_size"):
+        validate(study)
+    study = drive_study(patch_size=48)
+    study["defaults"]["model"]["depth"] = 5
+    with pytest.raises(ConfigError, match="train.patch_size': 48 is not divisible by 32"):
+        validate(study)
+
+
+def test_patch_training_validates_evaluates_and_predicts_whole_images(native, tmp_path):
+    cfg, root, report, splits = native
+    variant = {"study": cfg["study"], "tracking": cfg["tracking"], "variant": "patches", **cfg["variants"]["patches"]}
+    summary = train_fold(variant, root / "prepared", splits, 0, tmp_path / "models" / "patches" / "fold0")
+    history = pd.read_csv(tmp_path / "models" / "patches" / "fold0" / layout.HISTORY)
+    assert 0.0 <= summary["val_dice"] <= 1.0 and np.isfinite(history["val_loss"]).all()
+    checkpoint = tmp_path / "models" / "patches" / "fold0" / layout.CHECKPOINT
+
+    metrics = evaluate_variant(variant, root / "prepared", {**splits, "folds": splits["folds"]}, [checkpoint],
+                               [summary], tmp_path / "eval")
+    assert metrics["test_images"] == len(splits["test"]) and 0.0 <= metrics["test"]["ensemble"]["dice"] <= 1.0
+    labels = np.load(tmp_path / "eval" / layout.ENSEMBLE_PREDICTIONS)
+    assert labels.shape == (len(splits["test"]), 584, 565)
+    data = PreparedData(root / "prepared")
+    for i, row in enumerate(data.indices(splits["test"])):
+        assert (labels[i][data.masks[row] == IGNORE] == 0).all()  # background outside the field of view
+
+    pair = next(p for p in report["pairs"] if p["id"] == splits["test"][0])
+    images, rois = tmp_path / "new" / "images", tmp_path / "new" / "rois"
+    images.mkdir(parents=True)
+    rois.mkdir()
+    shutil.copy(pair["image"], images)
+    shutil.copy(pair["roi"], rois)
+    fingerprint = data.fingerprint
+    predict_folder(variant, fingerprint, [checkpoint], images, tmp_path / "out", progress=False, roi=rois)
+    mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{Path(pair['image']).stem}.png"))
+    roi = np.asarray(Image.open(pair["roi"]).convert("L")) > 0
+    assert mask.shape == (584, 565) and (mask[~roi] == 0).all()
