@@ -370,7 +370,7 @@ def _check_loss(loss: dict[str, Any], source: str, key: str) -> None:
         )
     elif name == "tversky" and loss["alpha"] + loss["beta"] <= 0:
         raise ConfigError(f"{source}: key '{key}.alpha': alpha + beta must be positive; e.g. alpha 0.3, beta 0.7.")
-    elif name == "weighted_dice" and loss["class_weights"] is not None and not loss["include_background"] \
+    elif name == "weighted_dice" and isinstance(loss["class_weights"], list) and not loss["include_background"] \
             and sum(loss["class_weights"][1:]) <= 0:
         raise ConfigError(
             f"{source}: key '{key}.class_weights': only the background weight is non-zero but "

@@ -25,6 +25,7 @@ from .data.io import IGNORE, sha256_file
 from .data.loaders import loader_workers, make_loader
 from .data.splits import fold_ids
 from .data.transforms import build_augmentation
+from .class_balance import fold_class_weights, resolve_auto_weights, uses_auto_weights
 from .data.patches import PatchDataset
 from .engine import EarlyStopping, Execution, monitor_mode
 from .inference import inference_window, validate_whole_images
@@ -124,7 +125,12 @@ def train_fold(
     # Augmentation fills pixels it invents (rotation borders ...) with IGNORE even when the
     # dataset has no ignore label, so training always ignores IGNORE; no real label equals it.
     ignore = data.ignore_index if data.ignore_index is not None else IGNORE
-    loss_fn = build_loss(variant["loss"], data.num_classes, ignore)
+    loss_cfg, class_weights = variant["loss"], None
+    if uses_auto_weights(loss_cfg):  # class_weights: auto, from this fold's training images
+        class_weights = fold_class_weights(data.manifest, train_ids, data.num_classes)
+        loss_cfg = resolve_auto_weights(loss_cfg, class_weights)
+        run.log_params({"class_weights_auto": class_weights})
+    loss_fn = build_loss(loss_cfg, data.num_classes, ignore)
     # Every parameter goes to the optimiser: frozen ones get no gradient, hence no update,
     # and start moving as soon as the encoder is unfrozen.
     optimizer = build_optimizer(variant["optimizer"], model.parameters())
@@ -184,6 +190,7 @@ def train_fold(
         "encoder_frozen": cfg_train["freeze_encoder"], "encoder_unfrozen_at_epoch": unfreeze_at,
         "monitor": stopper.monitor, "checkpoint_metric": selector.monitor,
         "stopped_early": len(history) < cfg_train["epochs"], "train_samples_per_epoch": len(train_set),
+        "class_weights": class_weights,
         **{k: v for k, v in best.items() if k.startswith("val_")},
         "checkpoint": str(best_path), "run_id": run.run_id,
     }

@@ -189,6 +189,14 @@ def per_class_html(eval_dir: Path) -> str:
         f"<tr><td>{html.escape(r['set'])}</td><td>{html.escape(str(r['class']))}</td><td>{r['images_with_class']}</td>"
         + "".join(f"<td>{_fmt(float(r[m]))}</td>" for m in ("dice", "iou", "precision", "recall")) + "</tr>"
         for _, r in table.iterrows())
+    # Cross-validation per class: each fold's best-epoch validation score, averaged over folds.
+    metrics = json.loads((eval_dir / layout.EVAL_METRICS).read_text())
+    cv = metrics["cv"]
+    for k, name in enumerate(metrics["classes"]):
+        if f"val_iou_{k}_mean" in cv:
+            body += (f"<tr><td>cv (fold mean)</td><td>{html.escape(str(name))}</td><td></td>"
+                     f"<td>{_fmt(float(cv[f'val_dice_{k}_mean']))}</td><td>{_fmt(float(cv[f'val_iou_{k}_mean']))}</td>"
+                     "<td></td><td></td></tr>")
     return f"<table>{head}{body}</table>"
 
 
