@@ -136,3 +136,48 @@ def test_patch_training_validates_evaluates_and_predicts_whole_images(native, tm
     mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{Path(pair['image']).stem}.png"))
     roi = np.asarray(Image.open(pair["roi"]).convert("L")) > 0
     assert mask.shape == (584, 565) and (mask[~roi] == 0).all()
+
+
+KVASIR = SHARED_DATASETS / "kvasir-seg-sample"
+
+
+@pytest.mark.skipif(not KVASIR.is_dir(), reason=f"{KVASIR} is absent")
+@pytest.mark.parametrize("policy,max_side", [("pad", None), ("native", 256)])
+def test_test_scores_are_at_each_images_original_size(tmp_path, policy, max_side):
+    """Mixed sizes (one 1348x1070 frame among ~620x530 ones), prepared smaller: the test
+    predictions come back at the original sizes, and the per-image Dice in per_image.csv is
+    the Dice of those predictions against the original masks."""
+    from seglab.data.io import decode_mask
+
+    cfg = validate({
+        "study": {"name": "kvasir", "seed": 0, "device": "cpu"},
+        "dataset": {"name": "kvasir", "source": "folder", "folder": {"root": str(KVASIR)},
+                    "classes": ["background", "polyp"], "mask_encoding": "binary"},
+        "preprocess": {"size": 64, "policy": policy, "max_side": max_side},
+        "split": {"folds": 2},
+        "defaults": {"model": {"base": 4, "depth": 2}, "augmentation": {"preset": "none"},
+                     "train": {"epochs": 1, "batch_size": 2, **({"patch_size": 64} if policy == "native" else {})}},
+        "variants": {"v": {}},
+    })
+    report = verify_dataset(KVASIR, cfg["dataset"], "fail")
+    preprocess(report, 64, policy, tmp_path / "prepared", max_side)
+    data = PreparedData(tmp_path / "prepared")
+    splits = {"test": [report["pairs"][0]["id"], report["pairs"][4]["id"]],
+              "folds": [[p["id"] for p in report["pairs"][1:3]], [p["id"] for p in report["pairs"][3:4]]]}
+    variant = {"study": cfg["study"], "tracking": cfg["tracking"], "variant": "v", **cfg["variants"]["v"]}
+    summary = train_fold(variant, tmp_path / "prepared", splits, 0, tmp_path / "models" / "v" / "fold0")
+    evaluate_variant(variant, tmp_path / "prepared", splits, [tmp_path / "models" / "v" / "fold0" / layout.CHECKPOINT],
+                     [summary], tmp_path / "eval")
+    labels = np.load(tmp_path / "eval" / layout.ENSEMBLE_PREDICTIONS)
+    per_image = pd.read_csv(tmp_path / "eval" / layout.PER_IMAGE, dtype={"id": str})
+    ensemble = per_image[per_image["model"] == "ensemble"].set_index("id")
+    pairs = {p["id"]: p for p in report["pairs"]}
+    for i, id_ in enumerate(splits["test"]):
+        truth, _ = decode_mask(Path(pairs[id_]["mask"]), report["classes"])
+        h, w = truth.shape
+        assert (h, w) == (pairs[id_]["height"], pairs[id_]["width"]) and max(h, w) > 256
+        np.testing.assert_array_equal(data.original_masks[data.indices([id_])[0]], truth)
+        pred = labels[i][:h, :w] == 1
+        tp, fp, fn = (pred & (truth == 1)).sum(), (pred & (truth == 0)).sum(), (~pred & (truth == 1)).sum()
+        dice = 2 * tp / max(2 * tp + fp + fn, 1) if (tp + fp + fn) else 1.0
+        assert ensemble.loc[id_, "dice"] == pytest.approx(dice, abs=1e-6)

@@ -4,7 +4,9 @@ Out of fold (OOF): the best checkpoint of fold k predicts fold k's validation im
 which it never trained on; pooled over folds every training image gets exactly one
 honest prediction, and the pooled OOF score uses all of them at once.
 Test: every fold model and the fold ensemble (mean of probabilities) on the test images,
-optionally with flip test-time augmentation.
+optionally with flip test-time augmentation, scored at each image's original size (the
+probabilities mapped back from the prepared size, against the original mask). OOF scores
+stay at the prepared size, like the fold summaries they sit beside.
 
 Writes to the output folder:
 
@@ -36,7 +38,8 @@ from .engine import Execution
 from .metrics import METRIC_NAMES, confusion_counts, hd95, scores_from_counts, summarize
 from .models import output_channels
 from .data.io import IGNORE
-from .inference import inference_window, labels_from_probabilities, load_models, predict_batch, predict_whole_image
+from .inference import (inference_window, labels_from_probabilities, load_models, predict_batch, predict_whole_image,
+                        to_original_size)
 from .stats import t_interval
 
 PER_CLASS_METRICS = ("dice", "iou", "precision", "recall")
@@ -106,8 +109,8 @@ def cv_summary(fold_summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 @torch.no_grad()
 def predictions(models: list[torch.nn.Module], data: PreparedData, ids: list[str], execution: Execution, tta: bool,
-                inference: dict[str, Any], window: int | None) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-    """(per-model probabilities, each (N, P, H, W); targets (N, H, W)) over ``ids``, on the device.
+                inference: dict[str, Any], window: int | None) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, np.ndarray]]:
+    """(per-model probabilities, each (N, P, H, W); targets (N, H, W); the N cache rows) over ``ids``, on the device.
 
     Square prepared images without a window go in batches of EVAL_BATCH, one forward pass
     each; with a window (patch-trained models) or native sizes, one whole image at a time
@@ -116,14 +119,28 @@ def predictions(models: list[torch.nn.Module], data: PreparedData, ids: list[str
     device = execution.device
     dataset = SegmentationDataset(data, ids)
     if window is None and not data.native:
+        start = 0
         for images, targets in make_loader(dataset, EVAL_BATCH, False, 0, 0, device):
             images = execution.inputs(images)
-            yield [predict_batch(m, images, execution, tta) for m in models], targets.to(device)
+            rows = dataset.rows[start:start + len(images)]
+            start += len(images)
+            yield [predict_batch(m, images, execution, tta) for m in models], targets.to(device), rows
         return
     for i in range(len(dataset)):
         image, target = dataset[i]
         probs = predict_whole_image(models, image, execution, tta, window, inference["overlap"], inference["batch_size"])
-        yield [p[None] for p in probs], target[None].to(device)
+        yield [p[None] for p in probs], target[None].to(device), dataset.rows[i:i + 1]
+
+
+def at_original_size(batches: Iterator[tuple[list[torch.Tensor], torch.Tensor, np.ndarray]], data: PreparedData,
+                     device: torch.device) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """One image at a time, its probabilities mapped back to the original size and scored
+    against the original mask (what a user measures), whatever size the network saw."""
+    for per_model, _, rows in batches:
+        for i, row in enumerate(rows):
+            h, w = int(data.manifest["orig_height"][row]), int(data.manifest["orig_width"][row])
+            target = torch.from_numpy(np.array(data.original_masks[row])).long().to(device)
+            yield [to_original_size(p[i], h, w, data.fingerprint)[None] for p in per_model], target[None]
 
 
 def outside_roi_to_background(labels: torch.Tensor, targets: torch.Tensor, data: PreparedData) -> torch.Tensor:
@@ -156,7 +173,7 @@ def out_of_fold(models: list[torch.nn.Module], folds: list[int], data: PreparedD
     for k, model in zip(folds, models):
         _, val_ids = fold_ids(splits, k)
         counts = []
-        for (probs,), targets in predictions([model], data, val_ids, execution, tta, inference or {}, window):
+        for (probs,), targets, _ in predictions([model], data, val_ids, execution, tta, inference or {}, window):
             labels = labels_from_probabilities(probs)
             counts.append(confusion_counts(labels, targets, data.num_classes, data.ignore_index).cpu())
         stacked = torch.cat(counts)
@@ -191,7 +208,8 @@ def evaluate_variant(
     boundary: list[float] = []
     ensemble_labels: list[np.ndarray] = []
     confusion = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
-    for per_model, targets in predictions(models, data, test_ids, execution, tta, variant["inference"], window):
+    test_batches = predictions(models, data, test_ids, execution, tta, variant["inference"], window)
+    for per_model, targets in at_original_size(test_batches, data, execution.device):
         for name, probs in zip(names, per_model + [torch.stack(per_model).mean(0)]):
             labels = labels_from_probabilities(probs)
             counts[name].append(confusion_counts(labels, targets, data.num_classes, data.ignore_index).cpu())

@@ -155,6 +155,16 @@ def restore_size(probs: torch.Tensor, orig_h: int, orig_w: int, size: int, polic
                                            align_corners=False)[0]
 
 
+def to_original_size(probs: torch.Tensor, h: int, w: int, fingerprint: dict[str, Any]) -> torch.Tensor:
+    """(P, h', w') probabilities of a prepared image -> (P, h, w) at its original size,
+    whatever the preprocessing policy (square resize/pad, or native with max_side)."""
+    if fingerprint["policy"] != "native":
+        return restore_size(probs, h, w, int(fingerprint["size"]), fingerprint["policy"])
+    if tuple(probs.shape[1:]) == (h, w):
+        return probs
+    return torch.nn.functional.interpolate(probs[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
 def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Image with each foreground class tinted in its own colour (class 0 left as is)."""
     import numpy as np

@@ -23,7 +23,7 @@ from .data.preprocess import fit_native, fit_to_size, read_roi
 from .engine import Execution
 from .models import output_channels
 from .inference import (colour_overlay, inference_window, labels_from_probabilities, load_models, predict_whole_image,
-                        restore_size)
+                        to_original_size)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -54,15 +54,6 @@ def prepared_image(image: np.ndarray, fingerprint: dict[str, Any]) -> np.ndarray
     return fit_to_size(image, np.zeros(image.shape[:2], np.uint8), int(fingerprint["size"]), fingerprint["policy"])[0]
 
 
-def back_to_original(probs: torch.Tensor, h: int, w: int, fingerprint: dict[str, Any]) -> torch.Tensor:
-    """(P, h', w') probabilities of the prepared image -> (P, h, w) at the original size."""
-    if fingerprint["policy"] != "native":
-        return restore_size(probs, h, w, int(fingerprint["size"]), fingerprint["policy"])
-    if probs.shape[1:] == (h, w):
-        return probs
-    return torch.nn.functional.interpolate(probs[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-
-
 @torch.no_grad()
 def predict_folder(variant: dict[str, Any], fingerprint: dict[str, Any], checkpoints: list[Path], images: Path,
                    out_dir: Path, tta: bool = False, progress: bool = True, roi: Path | None = None) -> list[dict[str, Any]]:
@@ -87,7 +78,7 @@ def predict_folder(variant: dict[str, Any], fingerprint: dict[str, Any], checkpo
         h, w = image.shape[:2]
         fitted = normalise(prepared_image(image, fingerprint), mean, std)
         probs = predict_whole_image(models, fitted, execution, tta, window, inference["overlap"], inference["batch_size"])
-        probs = back_to_original(probs.mean(0).cpu(), h, w, fingerprint)  # the fold ensemble
+        probs = to_original_size(probs.mean(0).cpu(), h, w, fingerprint)  # the fold ensemble
         labels = labels_from_probabilities(probs[None])[0].numpy().astype(np.uint8)
         if roi is not None:
             inside = read_roi(find_roi(roi, path), (h, w))

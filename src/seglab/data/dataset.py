@@ -94,6 +94,12 @@ class PreparedData:
         self.manifest = pd.read_csv(self.folder / layout.MANIFEST, dtype={"id": str, "group": str})
         self.fingerprint: dict[str, Any] = json.loads((self.folder / layout.FINGERPRINT).read_text())
         self._row = {id_: i for i, id_ in enumerate(self.manifest["id"])}
+        # Masks at their original size: the prepared ones when preprocessing kept the size.
+        self.original_masks: Any = self.masks
+        if (self.folder / layout.ORIGINAL_MASKS).is_file():
+            index = pd.DataFrame({"height": self.manifest["orig_height"], "width": self.manifest["orig_width"],
+                                  "channels": 1, "mask_offset": self.manifest["original_offset"]})
+            self.original_masks = BlobRows(self.folder / layout.ORIGINAL_MASKS, index, "mask")
 
     @property
     def native(self) -> bool:

@@ -5,7 +5,9 @@ uint8 and ``masks.npy`` (N, S, S) uint8 class indices with 255 = ignore; for ``n
 (each image at its own size, optionally capped) ``images.blob`` and ``masks.blob``, every
 image's bytes back to back, with ``blob_index.csv`` (height, width and byte offsets per
 row) to find them. A region-of-interest mask, when the dataset gives one, turns every
-pixel outside it into 255 (ignored). Also ``manifest.csv`` (one row per image: id, source
+pixel outside it into 255 (ignored). Unless the prepared masks are the original ones,
+``original_masks.blob`` keeps every mask at its original size (offsets in the manifest's
+``original_offset``), for test scores at the size a user measures. Also ``manifest.csv`` (one row per image: id, source
 paths, sha256, original size, group, role in a pre-split dataset, per-class pixel counts) and ``fingerprint.json``
 (normalisation mean/std, class frequencies, size statistics). Training reads the
 arrays with ``mmap_mode='r'`` and never decodes an image file per epoch.
@@ -124,6 +126,7 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
     num_classes = len(classes["names"])
     out_dir.mkdir(parents=True, exist_ok=True)
     store = _BlobStore(out_dir) if policy == "native" else _SquareStore(out_dir, len(pairs), size)
+    originals = None if layout.keeps_original_size(policy, max_side) else open(out_dir / f"{layout.ORIGINAL_MASKS}.tmp", "wb")
     rows = []
     # Running sums in float64 keep the per-channel statistics exact for any dataset size.
     channel_sum = np.zeros(3)
@@ -143,6 +146,10 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         img, msk = fit_native(image, mask, max_side) if policy == "native" else fit_to_size(image, mask, size, policy)
         store.put(i, img, msk)
         n_pixels += msk.size
+        original_offset = None
+        if originals is not None:
+            original_offset = originals.tell()
+            originals.write(np.ascontiguousarray(mask, np.uint8).tobytes())
         pixels = img.reshape(-1, 3).astype(np.float64) / 255.0
         channel_sum += pixels.sum(0)
         channel_sq += (pixels**2).sum(0)
@@ -150,12 +157,15 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         rows.append({
             "index": i, "id": pair["id"], "group": pair["group"], "image": pair["image"], "mask": pair["mask"],
             "sha256_image": pair["sha256_image"], "sha256_mask": pair["sha256_mask"],
-            "orig_height": pair["height"], "orig_width": pair["width"],
+            "orig_height": pair["height"], "orig_width": pair["width"], "original_offset": original_offset,
             # train/val/test/unlabelled for a pre-split dataset (empty otherwise): what the split reads.
             "role": pair.get("role") or "",
             **{f"pixels_{k}": int(c) for k, c in enumerate(counts)},
         })
     store.close()
+    if originals is not None:
+        originals.close()
+        (out_dir / f"{layout.ORIGINAL_MASKS}.tmp").replace(out_dir / layout.ORIGINAL_MASKS)
     manifest = pd.DataFrame(rows)
     manifest.to_csv(out_dir / layout.MANIFEST, index=False)
 
@@ -181,7 +191,7 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         "orig_width": _stats(manifest["orig_width"]),
         "groups": int(manifest["group"].nunique()),
         "ignored_pixel_fraction": round(1 - float(class_pixels.sum()) / max(n_pixels, 1), 6),
-        "cache_bytes": int(sum((out_dir / name).stat().st_size for name in layout.store_files(policy))),
+        "cache_bytes": int(sum((out_dir / name).stat().st_size for name in layout.store_files(policy, max_side))),
     }
     (out_dir / layout.FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
     return fingerprint

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 import pandas as pd
 
 from .. import layout
@@ -174,7 +175,12 @@ def sample_rows(data: PreparedData, test_ids: list[str], eval_dir: Path) -> list
     for caption, i in picks.items():
         row = data.indices([test_ids[i]])[0]
         image, truth = np.asarray(data.images[row]), np.asarray(data.masks[row])
-        pred = predictions[i][:truth.shape[0], :truth.shape[1]]  # native sizes are padded in the file
+        # The file holds test predictions at each image's original size (padded to the largest):
+        # cropped to that size, then shown at the prepared size beside the prepared image.
+        h, w = int(data.manifest["orig_height"][row]), int(data.manifest["orig_width"][row])
+        pred = predictions[i][:h, :w]
+        if pred.shape != truth.shape:
+            pred = np.asarray(Image.fromarray(pred).resize((truth.shape[1], truth.shape[0]), Image.NEAREST))
         rows.append({"image": image, "truth": truth, "pred": pred, "overlay": figures.overlay(image, truth, pred, fg),
                      "caption": f"{caption}: {test_ids[i]}\nDice {ensemble['dice'][i]:.3f}"})
     return rows
