@@ -181,3 +181,24 @@ def test_test_scores_are_at_each_images_original_size(tmp_path, policy, max_side
         tp, fp, fn = (pred & (truth == 1)).sum(), (pred & (truth == 0)).sum(), (~pred & (truth == 1)).sum()
         dice = 2 * tp / max(2 * tp + fp + fn, 1) if (tp + fp + fn) else 1.0
         assert ensemble.loc[id_, "dice"] == pytest.approx(dice, abs=1e-6)
+
+
+def test_16_bit_images_share_one_scale_per_dataset(tmp_path):
+    """A dim and a bright 16-bit scan stay dim and bright (per-image min-max would make both full range)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for name, high in (("dim", 2000), ("bright", 60000)):
+        values = rng.integers(1000, high, size=(40, 48)).astype(np.uint16)
+        Image.fromarray(values).save(tmp_path / "images" / f"{name}.png")  # saved as 16-bit greyscale
+        Image.fromarray(((values > (1000 + high) // 2) * 255).astype(np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+    assert Image.open(tmp_path / "images" / "dim.png").mode.startswith("I")
+    cfg = validate({"dataset": {"name": "scans", "source": "folder", "folder": {"root": str(tmp_path)},
+                                "classes": ["background", "cell"], "mask_encoding": "binary"},
+                    "variants": {"v": {"train": {"patch_size": 32}}}, "preprocess": {"policy": "native"}})
+    report = verify_dataset(tmp_path, cfg["dataset"], "fail")
+    fingerprint = preprocess(report, 64, "native", tmp_path / "prepared")
+    data = PreparedData(tmp_path / "prepared")
+    brightest = {p["id"]: int(np.asarray(data.images[row]).max()) for row, p in enumerate(report["pairs"])}
+    assert fingerprint["value_range"][0] >= 1000 and fingerprint["value_range"][1] < 60000
+    assert brightest["bright"] == 255 and brightest["dim"] < 20

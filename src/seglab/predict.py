@@ -74,7 +74,7 @@ def predict_folder(variant: dict[str, Any], fingerprint: dict[str, Any], checkpo
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     records = []
     for path in tqdm(list_images(images), desc="predict", unit="image", disable=not progress):
-        image = read_image(path)
+        image = read_image(path, fingerprint.get("value_range"))  # older fingerprints lack the key: 8-bit data
         h, w = image.shape[:2]
         fitted = normalise(prepared_image(image, fingerprint), mean, std)
         probs = predict_whole_image(models, fitted, execution, tta, window, inference["overlap"], inference["batch_size"])

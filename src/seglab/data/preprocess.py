@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import layout
-from .io import IGNORE, DataError, decode_mask, read_image
+from .io import IGNORE, DataError, decode_mask, intensity_range, read_image
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +64,15 @@ def fit_native(image: np.ndarray, mask: np.ndarray, max_side: int | None) -> tup
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return (np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)),
             np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)))
+
+
+def dataset_value_range(paths: list[Path]) -> tuple[float, float] | None:
+    """(min, max) over the dataset's 16-bit images, None when all are 8-bit: one scale per
+    dataset, so the relative brightness of images survives the 8-bit cache."""
+    ranges = [r for r in (intensity_range(p) for p in paths) if r is not None]
+    if not ranges:
+        return None
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
 
 
 def read_roi(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -133,8 +142,9 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
     channel_sq = np.zeros(3)
     n_pixels = 0
     has_roi = any(pair.get("roi") for pair in pairs)
+    value_range = dataset_value_range([Path(pair["image"]) for pair in pairs])
     for i, pair in enumerate(tqdm(pairs, desc="preprocess", unit="img", file=sys.stderr, mininterval=5.0)):
-        image = read_image(Path(pair["image"]))
+        image = read_image(Path(pair["image"]), value_range)
         if pair["mask"] is None:  # an unlabelled image (colorization only): every pixel ignored
             mask, unknown = np.full(image.shape[:2], IGNORE, np.uint8), None
         else:
@@ -178,6 +188,8 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         "size": size,
         "policy": policy,
         "max_side": max_side,
+        # 16-bit datasets: the raw values mapped to 0..255 for every image alike (None: 8-bit data).
+        "value_range": list(value_range) if value_range is not None else None,
         # Pixels outside a region of interest are IGNORE in the masks and background in predictions.
         "roi": has_roi,
         "classes": classes["names"],
