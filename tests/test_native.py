@@ -202,3 +202,6 @@ def test_16_bit_images_share_one_scale_per_dataset(tmp_path):
     brightest = {p["id"]: int(np.asarray(data.images[row]).max()) for row, p in enumerate(report["pairs"])}
     assert fingerprint["value_range"][0] >= 1000 and fingerprint["value_range"][1] < 60000
     assert brightest["bright"] == 255 and brightest["dim"] < 20
+    # Grey stays one channel in the cache; readers get the three the models take.
+    assert (tmp_path / "prepared" / layout.IMAGE_BLOB).stat().st_size == 2 * 40 * 48
+    assert data.images.stored_channels(0) == 1 and data.images[0].shape == (40, 48, 3)

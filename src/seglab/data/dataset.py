@@ -53,7 +53,11 @@ def split_key(key: Key, augment: Any) -> int:
 
 class BlobRows:
     """Rows of a native-size cache: ``rows[i]`` is image i's (H, W[, C]) array, a read-only
-    view into one memory-mapped blob (nothing is read until it is used)."""
+    view into one memory-mapped blob (nothing is read until it is used).
+
+    Grey images are stored with one channel and read back as three equal ones (a copy),
+    since every model takes three input channels.
+    """
 
     def __init__(self, blob: Path, index: pd.DataFrame, kind: str) -> None:
         self.data = np.memmap(blob, dtype=np.uint8, mode="r") if blob.stat().st_size else np.zeros(0, np.uint8)
@@ -70,7 +74,13 @@ class BlobRows:
     def __getitem__(self, row: int) -> np.ndarray:
         shape = self.shape(row)
         start = int(self.index.iloc[int(row)][f"{self.kind}_offset"])
-        return self.data[start:start + int(np.prod(shape))].reshape(shape)
+        array = self.data[start:start + int(np.prod(shape))].reshape(shape)
+        if self.kind == "image" and shape[2] == 1:
+            return np.repeat(array, 3, axis=2)
+        return array
+
+    def stored_channels(self, row: int) -> int:
+        return int(self.index.iloc[int(row)].channels)
 
 
 class PreparedData:

@@ -113,6 +113,10 @@ class _BlobStore:
         self.rows: list[dict[str, int]] = []
 
     def put(self, i: int, image: np.ndarray, mask: np.ndarray) -> None:
+        # A grey image (three equal channels) is stored as one: a third of the bytes. Readers
+        # get three channels back, as the models take them (seglab.data.dataset.BlobRows).
+        if (image[..., 0] == image[..., 1]).all() and (image[..., 0] == image[..., 2]).all():
+            image = image[..., :1]
         self.rows.append({"index": i, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
                           "channels": int(image.shape[2]), "image_offset": self.images.tell(),
                           "mask_offset": self.masks.tell()})
