@@ -12,8 +12,9 @@ For one (H, W) image and each overlap, three timings (median of ``--repeats``, i
 ``blend_ratio`` = (a)/(b) is the share of sliding-window time spent in the model (the
 blending overhead is 1 - ratio); ``pixel_ratio`` = (c)/(b) compares output pixels per
 second with one bare pass (it falls with overlap, as every pixel is predicted ~1/(1-o)^2 times).
-Peak memory is measured in a fresh process per overlap (``ru_maxrss`` after minus before
-the call), so one measurement cannot hide another's.
+Peak memory is measured in a fresh process per overlap: the peak resident set during the
+call (Linux VmHWM, reset just before it) minus the resident set before it, so the image,
+the model and the libraries are not counted and one measurement cannot hide another's.
 
     python benchmarks/sliding_window.py --height 3000 --width 4000 --window 256 --overlaps 0 0.25 0.5
     python benchmarks/sliding_window.py --quick      # the tiny run the test suite uses
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -67,17 +69,28 @@ def memory_probe(args: argparse.Namespace, overlap: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _status_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (kB): VmRSS now, VmHWM its peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def probe(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     model = model_for(args.model)
     image = torch.randn(3, args.height, args.width)
     windows_only(model, image[:, :args.window, :args.window], args.window, 0.0, 1)  # warm-up allocations
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Reset the peak (VmHWM) to the current RSS, so the peak read afterwards is this call's.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kb("VmRSS")
     out = sliding_window_inference(image, lambda b: torch.sigmoid(model(b)), (args.window, args.window),
                                    args.probe, args.batch)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_extra_mb": round((after - before) / 1024, 1), "output_mb": round(out.numel() * 4 / 2**20, 1),
-                      "image_mb": round(image.numel() * 4 / 2**20, 1)}))
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_extra_mb": round((peak - before) / 1024, 1), "output_mb": round(out.numel() * 4 / 2**20, 1),
+                      "image_mb": round(image.numel() * 4 / 2**20, 1), "rss_before_mb": round(before / 1024, 1),
+                      "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
 def main() -> None:
