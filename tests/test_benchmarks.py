@@ -38,3 +38,14 @@ def test_eval_throughput_quick_run(tmp_path):
         assert row["bare_passes_s"] > 0 and row["seglab_passes_s"] > 0
         assert row["ratio"] == pytest.approx(row["seglab_passes_s"] / row["bare_passes_s"], rel=0.05)
         assert row["test_images"] + row["oof_images"] == 16
+
+
+def test_sliding_window_benchmark_quick_run(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sliding_window.py"), "--quick"],
+                         capture_output=True, text=True, env=workflow_env(tmp_path), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["model"] == "unet8" and (row["height"], row["width"], row["window"]) == (150, 200, 64)
+    assert row["windows"] == 4 * 6  # starts 0, 29, 57, 86 down and six across at overlap 0.5
+    assert row["sliding_s"] > 0 and row["blend_ratio"] > 0 and row["pixel_ratio"] > 0
+    assert row["output_mb"] == pytest.approx(150 * 200 * 4 / 2**20, abs=0.05) and row["peak_extra_mb"] >= 0

@@ -18,7 +18,7 @@ def test_default_study_validates_and_resolves_variants():
 
 def test_defaults_are_filled_from_the_schema():
     cfg = validate({"variants": {"only": {}}})
-    assert cfg["preprocess"] == {"size": 64, "policy": "resize"}
+    assert cfg["preprocess"] == {"size": 64, "policy": "resize", "max_side": None}
     assert cfg["variants"]["only"]["optimizer"]["name"] == "adam"
     assert cfg["study"]["baseline"] == "only"
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from seglab.config import load_config
+from seglab.data.dataset import PreparedData
 from seglab.data.io import IGNORE
 from seglab.data.preprocess import preprocess
 from seglab.data.splits import make_splits, read_test_list
@@ -28,7 +29,7 @@ CAMVID = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "
 
 # name: (pairs, class names, label values expected in the prepared masks, folds)
 EXPECTED = {
-    "drive": (20, ["background", "vessel"], {0, 1, IGNORE}, 3),   # padded: 565x584 is not square
+    "drive": (20, ["background", "vessel"], {0, 1, IGNORE}, 4),   # native size; outside the FOV ignored
     "isbi2012": (30, ["membrane", "cell"], {0, 1}, 3),
     "kvasir-seg-sample": (5, ["background", "polyp"], {0, 1, IGNORE}, 2),
     "camvid-subset": (160, CAMVID, set(range(11)) | {IGNORE}, 2),
@@ -42,7 +43,7 @@ def _run_stages(name: str, out: Path, size: int = 32) -> tuple[dict, dict, dict,
         cfg = load_config(CONFIGS / f"{name}.yaml")
         root = dataset_root(cfg["dataset"], None)
         report = verify_dataset(root, cfg["dataset"], cfg["verify"]["on_error"])
-        fingerprint = preprocess(report, size, cfg["preprocess"]["policy"], out)
+        fingerprint = preprocess(report, size, cfg["preprocess"]["policy"], out, cfg["preprocess"]["max_side"])
         manifest = pd.read_csv(out / "manifest.csv", dtype={"id": str, "group": str})
         split = cfg["split"]
         test_ids = read_test_list(root / split["test_file"], split["test_key"]) if split["test_file"] else split["test_ids"]
@@ -62,10 +63,15 @@ def test_shared_dataset_pipeline(tmp_path: Path, name: str) -> None:
     assert report["classes"]["names"] == names
     assert fingerprint["num_images"] == pairs and fingerprint["classes"] == names
 
-    masks = np.load(tmp_path / "masks.npy", mmap_mode="r")
-    images = np.load(tmp_path / "images.npy", mmap_mode="r")
-    assert masks.shape == (pairs, 32, 32) and images.shape == (pairs, 32, 32, 3)
-    assert masks.dtype == np.uint8 and images.dtype == np.uint8
+    data = PreparedData(tmp_path)
+    if fingerprint["policy"] == "native":  # every image at its own size, concatenated
+        for row, (h, w) in enumerate(zip(manifest["orig_height"], manifest["orig_width"])):
+            assert data.images[row].shape == (h, w, 3) and data.masks[row].shape == (h, w)
+        masks = np.concatenate([np.asarray(data.masks[row]).ravel() for row in range(pairs)])
+    else:
+        masks, images = data.masks, data.images
+        assert masks.shape == (pairs, 32, 32) and images.shape == (pairs, 32, 32, 3)
+        assert masks.dtype == np.uint8 and images.dtype == np.uint8
     assert set(np.unique(masks).tolist()) <= values
     assert {0, 1} <= set(np.unique(masks).tolist())  # background and a foreground class really appear
     # Per-class pixel counts in the manifest are the counts in the cache.
@@ -82,6 +88,7 @@ def test_drive_pairs_by_number_and_camvid_uses_its_test_list(tmp_path: Path) -> 
     report, *_ = _run_stages("drive", tmp_path / "drive")
     pair = next(p for p in report["pairs"] if p["id"] == "21")
     assert Path(pair["image"]).name == "21_training.tif" and Path(pair["mask"]).name == "21_manual1.gif"
+    assert Path(pair["roi"]).name == "21_training_mask.gif"
 
     report, fingerprint, splits, manifest = _run_stages("camvid-subset", tmp_path / "camvid")
     val = json.loads((SHARED / "camvid-subset" / "splits.json").read_text())["val"]

@@ -33,6 +33,12 @@ def variant_row(metrics: dict[str, Any]) -> dict[str, Any]:
         spread = _spread(cv[f"val_{name}_per_fold"]) if f"val_{name}_per_fold" in cv else {}
         row.update({f"cv_{name}_{k}": v for k, v in spread.items()})
         row[f"cv_{name}_per_fold"] = cv.get(f"val_{name}_per_fold")
+    # Per-class CV IoU and Dice (mean over folds of each fold's best-epoch validation score):
+    # what shows a class the variant never learns (0 IoU on poles and signs) behind a good mean.
+    classes = metrics.get("classes") or []
+    for name in ("iou", "dice"):
+        row[f"cv_{name}_per_class"] = {
+            label: cv[f"val_{name}_{k}_mean"] for k, label in enumerate(classes) if f"val_{name}_{k}_mean" in cv}
     oof = metrics.get("oof", {})
     pooled = oof.get("pooled", {})
     row.update({

@@ -40,8 +40,10 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
     cfg = read_json(args.config)
     start = time.perf_counter()
-    fingerprint = preprocess(read_json(args.verify), cfg["preprocess"]["size"], cfg["preprocess"]["policy"], Path(args.out))
-    print(f"prepared {fingerprint['num_images']} images at {fingerprint['size']}px in {time.perf_counter() - start:.1f}s")
+    fingerprint = preprocess(read_json(args.verify), cfg["preprocess"]["size"], cfg["preprocess"]["policy"], Path(args.out),
+                             cfg["preprocess"]["max_side"])
+    at = "their own size" if fingerprint["policy"] == "native" else f"{fingerprint['size']}px"
+    print(f"prepared {fingerprint['num_images']} images at {at} in {time.perf_counter() - start:.1f}s")
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -241,7 +243,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise CheckpointError(f"{models}: no {which}. Pass --models the variant's folder under <output_dir>/models "
                               "after its training has finished.")
     fingerprint = read_json(Path(args.prepared) / layout.FINGERPRINT)
-    records = predict_folder(cfg, fingerprint, folds, Path(args.images), Path(args.out), tta=args.tta)
+    records = predict_folder(cfg, fingerprint, folds, Path(args.images), Path(args.out), tta=args.tta,
+                             roi=Path(args.roi) if args.roi else None)
     pd.DataFrame(records).to_csv(Path(args.out) / "predictions.csv", index=False)
     what = f"fold {args.fold}" if args.fold is not None else f"ensemble of {len(folds)} folds"
     print(f"{cfg['variant']} ({what}): {len(records)} masks in {Path(args.out) / 'masks'}, overlays in {Path(args.out) / 'overlays'}")
@@ -369,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
     p.add_argument("--fold", type=int, help="use this fold's model only (default: the fold ensemble)")
     p.add_argument("--tta", action="store_true", help="average over flips")
+    p.add_argument("--roi", help="folder of region-of-interest masks (same stem as the image, or stem_<suffix>; "
+                                 "non-zero = inside); pixels outside are predicted as background")
     command("track-init", cmd_track_init, "create the MLflow experiment before jobs start")
     return parser
 

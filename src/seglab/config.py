@@ -242,18 +242,42 @@ def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
 
     The schema's multipleOf 16 covers depth <= 4; deeper variants need more.
     """
-    size = cfg["preprocess"]["size"]
+    size, policy = cfg["preprocess"]["size"], cfg["preprocess"]["policy"]
     for name, variant in cfg["variants"].items():
         model = variant["model"]
         # U-Nets halve `depth` times; smp encoders `encoder_depth` times.
         depth = model["depth"] if "depth" in model else model["encoder_depth"]
         factor = 2 ** depth
+        _check_windows(variant, name, factor, size, policy, source)
+        if policy == "native":
+            continue  # the network sees patches and windows only, never the whole image
         if size % factor:
             raise ConfigError(
                 f"{source}: key 'preprocess.size': {size} is not divisible by {factor}, which variant '{name}' "
                 f"(model depth {depth}) needs. Use a multiple of {factor} (e.g. {size // factor * factor or factor}) "
                 "or a smaller depth."
             )
+
+
+def _check_windows(variant: dict[str, Any], name: str, factor: int, size: int, policy: str, source: str) -> None:
+    """Patches and sliding windows are network inputs: divisible by 2**depth, and inside a square image."""
+    where = f"variants.{name}"
+    patch, window = variant["train"]["patch_size"], variant["inference"]["window"]
+    for key, side in (("train.patch_size", patch), ("inference.window", window)):
+        if side is None:
+            continue
+        if side % factor:
+            raise ConfigError(f"{source}: key '{where}.{key}': {side} is not divisible by {factor}, which the model "
+                              f"(depth {factor.bit_length() - 1}) needs. Use a multiple of {factor}.")
+        if policy != "native" and side > size:
+            raise ConfigError(f"{source}: key '{where}.{key}': {side} is larger than the prepared images "
+                              f"(preprocess.size {size}). Use at most {size}, or preprocess.policy: native.")
+    if policy == "native" and patch is None:
+        raise ConfigError(f"{source}: key '{where}.train.patch_size': preprocess.policy native keeps images of their own "
+                          "sizes, which cannot be batched whole. Set train.patch_size (e.g. 96).")
+    if patch is not None and variant["augmentation"]["mode"] == "offline":
+        raise ConfigError(f"{source}: key '{where}.augmentation.mode': offline copies are whole images; with "
+                          "train.patch_size use mode: online (each patch is augmented as it is drawn).")
 
 
 def _keyed(exc: Exception, source: str, where: str) -> ConfigError:
@@ -346,7 +370,7 @@ def _check_loss(loss: dict[str, Any], source: str, key: str) -> None:
         )
     elif name == "tversky" and loss["alpha"] + loss["beta"] <= 0:
         raise ConfigError(f"{source}: key '{key}.alpha': alpha + beta must be positive; e.g. alpha 0.3, beta 0.7.")
-    elif name == "weighted_dice" and loss["class_weights"] is not None and not loss["include_background"] \
+    elif name == "weighted_dice" and isinstance(loss["class_weights"], list) and not loss["include_background"] \
             and sum(loss["class_weights"][1:]) <= 0:
         raise ConfigError(
             f"{source}: key '{key}.class_weights': only the background weight is non-zero but "

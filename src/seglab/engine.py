@@ -193,6 +193,7 @@ def fit(
     stopper: EarlyStopping | None = None,
     selector: EarlyStopping | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
+    validate: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> EarlyStopping:
     """Train until ``epochs`` or until ``stopper`` (default: val_loss, ``patience``) says stop.
 
@@ -206,6 +207,8 @@ def fit(
     ``scheduler`` (an :class:`~seglab.schedule.EpochSchedule`) sets the learning rate at the
     start of each epoch and is fed the stopper's monitored value at its end.
     ``on_epoch_start(epoch)`` (0-based) runs before each epoch, e.g. to unfreeze an encoder.
+    ``validate(model)``, when given, replaces the validation pass over ``val_batches`` (e.g.
+    whole images by sliding windows for a patch-trained model) and returns the same keys.
     """
     stopper = stopper or EarlyStopping(patience)
     selector = selector or stopper
@@ -218,7 +221,7 @@ def fit(
             scheduler.apply(optimizer, epoch)
         start = time.perf_counter()
         train = run_epoch(model, train_batches, loss_fn, execution, optimizer)
-        val = run_epoch(model, val_batches, loss_fn, execution, None, metrics)
+        val = validate(model) if validate is not None else run_epoch(model, val_batches, loss_fn, execution, None, metrics)
         if not math.isfinite(train["loss"]):
             raise FloatingPointError(
                 f"training loss became {train['loss']} at epoch {epoch + 1}; lower optimizer.lr"

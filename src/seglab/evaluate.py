@@ -4,7 +4,9 @@ Out of fold (OOF): the best checkpoint of fold k predicts fold k's validation im
 which it never trained on; pooled over folds every training image gets exactly one
 honest prediction, and the pooled OOF score uses all of them at once.
 Test: every fold model and the fold ensemble (mean of probabilities) on the test images,
-optionally with flip test-time augmentation.
+optionally with flip test-time augmentation, scored at each image's original size (the
+probabilities mapped back from the prepared size, against the original mask). OOF scores
+stay at the prepared size, like the fold summaries they sit beside.
 
 Writes to the output folder:
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,9 @@ from .data.splits import fold_ids
 from .engine import Execution
 from .metrics import METRIC_NAMES, confusion_counts, hd95, scores_from_counts, summarize
 from .models import output_channels
-from .inference import labels_from_probabilities, load_models, predict_batch, predict_ensemble
+from .data.io import IGNORE
+from .inference import (inference_window, labels_from_probabilities, load_models, predict_batch, predict_whole_image,
+                        to_original_size)
 from .stats import t_interval
 
 PER_CLASS_METRICS = ("dice", "iou", "precision", "recall")
@@ -104,19 +108,74 @@ def cv_summary(fold_summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def predictions(models: list[torch.nn.Module], data: PreparedData, ids: list[str], execution: Execution, tta: bool,
+                inference: dict[str, Any], window: int | None) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, np.ndarray]]:
+    """(per-model probabilities, each (N, P, H, W); targets (N, H, W); the N cache rows) over ``ids``, on the device.
+
+    Square prepared images without a window go in batches of EVAL_BATCH, one forward pass
+    each; with a window (patch-trained models) or native sizes, one whole image at a time
+    by sliding windows (:func:`~seglab.inference.predict_whole_image`).
+    """
+    device = execution.device
+    dataset = SegmentationDataset(data, ids)
+    if window is None and not data.native:
+        start = 0
+        for images, targets in make_loader(dataset, EVAL_BATCH, False, 0, 0, device):
+            images = execution.inputs(images)
+            rows = dataset.rows[start:start + len(images)]
+            start += len(images)
+            yield [predict_batch(m, images, execution, tta) for m in models], targets.to(device), rows
+        return
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        probs = predict_whole_image(models, image, execution, tta, window, inference["overlap"], inference["batch_size"])
+        yield [p[None] for p in probs], target[None].to(device), dataset.rows[i:i + 1]
+
+
+def at_original_size(batches: Iterator[tuple[list[torch.Tensor], torch.Tensor, np.ndarray]], data: PreparedData,
+                     device: torch.device) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """One image at a time, its probabilities mapped back to the original size and scored
+    against the original mask (what a user measures), whatever size the network saw."""
+    for per_model, _, rows in batches:
+        for i, row in enumerate(rows):
+            h, w = int(data.manifest["orig_height"][row]), int(data.manifest["orig_width"][row])
+            target = torch.from_numpy(np.array(data.original_masks[row])).long().to(device)
+            yield [to_original_size(p[i], h, w, data.fingerprint)[None] for p in per_model], target[None]
+
+
+def outside_roi_to_background(labels: torch.Tensor, targets: torch.Tensor, data: PreparedData) -> torch.Tensor:
+    """Predictions outside the region of interest (IGNORE in a ROI dataset's masks) become background.
+
+    Metrics ignore those pixels anyway; this is what the saved label maps show.
+    """
+    if data.fingerprint.get("roi"):
+        return labels.masked_fill(targets == IGNORE, 0)
+    return labels
+
+
+def stack_label_maps(maps: list[np.ndarray]) -> np.ndarray:
+    """(N, H, W) uint8: maps of different sizes (native images) padded with 0 at the bottom/right;
+    a reader crops each to its image's size."""
+    height, width = max(m.shape[0] for m in maps), max(m.shape[1] for m in maps)
+    out = np.zeros((len(maps), height, width), np.uint8)
+    for i, m in enumerate(maps):
+        out[i, :m.shape[0], :m.shape[1]] = m
+    return out
+
+
+@torch.no_grad()
 def out_of_fold(models: list[torch.nn.Module], folds: list[int], data: PreparedData, splits: dict[str, Any],
-                execution: Execution, tta: bool) -> tuple[pd.DataFrame, torch.Tensor, list[torch.Tensor]]:
+                execution: Execution, tta: bool, inference: dict[str, Any] | None = None,
+                window: int | None = None) -> tuple[pd.DataFrame, torch.Tensor, list[torch.Tensor]]:
     """Each fold's model on its own validation fold: per-image table, pooled counts, counts per fold."""
     fg = data.foreground_classes
-    device = execution.device
     tables, per_fold = [], []
     for k, model in zip(folds, models):
         _, val_ids = fold_ids(splits, k)
-        loader = make_loader(SegmentationDataset(data, val_ids), EVAL_BATCH, False, 0, 0, device)
         counts = []
-        for images, targets in loader:
-            labels = labels_from_probabilities(predict_batch(model, execution.inputs(images), execution, tta))
-            counts.append(confusion_counts(labels, targets.to(device), data.num_classes, data.ignore_index).cpu())
+        for (probs,), targets, _ in predictions([model], data, val_ids, execution, tta, inference or {}, window):
+            labels = labels_from_probabilities(probs)
+            counts.append(confusion_counts(labels, targets, data.num_classes, data.ignore_index).cpu())
         stacked = torch.cat(counts)
         per_fold.append(stacked)
         table = per_image_table(stacked, val_ids, fg, layout.fold_name(k))
@@ -137,12 +196,11 @@ def evaluate_variant(
     run_id: str | None = None,
 ) -> dict[str, Any]:
     execution = Execution.for_study(variant["study"])
-    device = execution.device
     data = PreparedData(prepared)
     fg = data.foreground_classes
     classes = list(data.fingerprint["classes"])
     test_ids = splits["test"]
-    loader = make_loader(SegmentationDataset(data, test_ids), EVAL_BATCH, False, 0, 0, device)
+    window = inference_window(variant)
     models = load_models(checkpoints, variant["model"], output_channels(data.num_classes, variant["model"]["binary_head"]), execution)
     folds = [layout.fold_of(path)[1] for path in checkpoints]
     names = [layout.fold_name(k) for k in folds] + ["ensemble"]
@@ -150,13 +208,14 @@ def evaluate_variant(
     boundary: list[float] = []
     ensemble_labels: list[np.ndarray] = []
     confusion = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
-    for images, targets in loader:
-        images, targets = execution.inputs(images), targets.to(device)
-        for name, probs in zip(names, predict_ensemble(models, images, execution, tta)):
+    test_batches = predictions(models, data, test_ids, execution, tta, variant["inference"], window)
+    for per_model, targets in at_original_size(test_batches, data, execution.device):
+        for name, probs in zip(names, per_model + [torch.stack(per_model).mean(0)]):
             labels = labels_from_probabilities(probs)
             counts[name].append(confusion_counts(labels, targets, data.num_classes, data.ignore_index).cpu())
             if name == "ensemble":
                 confusion += confusion_matrix(labels, targets, data.num_classes, data.ignore_index)
+                labels = outside_roi_to_background(labels, targets, data)
                 ensemble_labels.extend(labels.cpu().numpy().astype(np.uint8))
                 for pred, truth in zip(labels.cpu().numpy(), targets.cpu().numpy()):
                     boundary.append(nanmean([hd95(pred == k, truth == k) for k in fg]))
@@ -171,7 +230,7 @@ def evaluate_variant(
     per_image.loc[per_image["model"] == "ensemble", "hd95"] = boundary
     test["ensemble"]["hd95"] = nanmean(boundary)
 
-    oof_table, oof_counts, oof_per_fold = out_of_fold(models, folds, data, splits, execution, tta)
+    oof_table, oof_counts, oof_per_fold = out_of_fold(models, folds, data, splits, execution, tta, variant["inference"], window)
     class_tables.append(per_class_table(oof_counts, classes, "oof", "pooled"))
     oof = {"pooled": summarize(oof_counts, fg),
            "per_fold": [summarize(c, fg) for c in oof_per_fold],
@@ -181,7 +240,7 @@ def evaluate_variant(
     per_image.to_csv(out_dir / layout.PER_IMAGE, index=False)
     oof_table.to_csv(out_dir / layout.OOF_PER_IMAGE, index=False)
     pd.concat(class_tables, ignore_index=True).to_csv(out_dir / layout.PER_CLASS, index=False)
-    np.save(out_dir / layout.ENSEMBLE_PREDICTIONS, np.stack(ensemble_labels))
+    np.save(out_dir / layout.ENSEMBLE_PREDICTIONS, stack_label_maps(ensemble_labels))
     metrics = {
         "variant": variant["variant"],
         "test_images": len(test_ids),

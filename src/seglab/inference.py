@@ -16,6 +16,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .engine import Execution
 from .models import build_model
+from .sliding_window import sliding_window_inference
 
 # Flip TTA: identity, horizontal flip, vertical flip.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,))
@@ -80,6 +81,64 @@ def predict_ensemble(models: list[nn.Module], images: torch.Tensor, execution: E
     return per_model + [torch.stack(per_model).mean(0)]
 
 
+def inference_window(variant: dict[str, Any]) -> int | None:
+    """The sliding-window side of a variant: ``inference.window``, else ``train.patch_size``."""
+    return variant["inference"]["window"] or variant["train"]["patch_size"]
+
+
+@torch.no_grad()
+def predict_whole_image(models: list[nn.Module], image: torch.Tensor, execution: Execution, tta: bool,
+                        window: int | None, overlap: float, batch_size: int) -> torch.Tensor:
+    """Per-model probabilities (M, P, H, W) of one standardised (C, H, W) image.
+
+    With a ``window``, by Gaussian-blended sliding windows (TTA applied to every window);
+    without one, one forward pass over the whole image. Each model's probabilities are
+    blended separately, so the fold ensemble (their mean) is exactly the mean of the
+    per-model results; the accumulator holds M x P channels at the image's size.
+    """
+    image = image.to(execution.device)
+    if window is None:
+        return torch.stack([predict_batch(m, image[None], execution, tta)[0] for m in models])
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([predict_batch(m, batch, execution, tta) for m in models], dim=1)
+
+    out = sliding_window_inference(image, predict, (window, window), overlap, batch_size)
+    return out.reshape(len(models), -1, *out.shape[1:])
+
+
+def logits_of(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Logits whose sigmoid/softmax is ``probs``: blended probabilities go through the loss as
+    the model's own outputs would (BCE on logit(p) is BCE on p; softmax(log p) is p)."""
+    probs = probs.clamp(eps, 1 - eps)
+    return torch.logit(probs) if probs.shape[1] == 1 else probs.log()
+
+
+@torch.no_grad()
+def validate_whole_images(model: nn.Module, dataset: Any, loss_fn: Any, execution: Execution, metrics: Any,
+                          window: int, overlap: float, batch_size: int) -> dict[str, float]:
+    """A validation epoch on whole images by sliding windows: what a patch-trained model is
+    evaluated on. Returns the mean loss per image, images/s and the metrics' summary
+    (the same keys as :func:`~seglab.engine.run_epoch`)."""
+    import time
+
+    model.eval()
+    start = time.perf_counter()
+    total = 0.0
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        target = target[None].to(execution.device)
+        logits = logits_of(predict_whole_image([model], image, execution, False, window, overlap, batch_size)[0][None])
+        total += float(loss_fn(logits, target))
+        metrics.update(logits, target)
+    if len(dataset) == 0:
+        raise ValueError("an epoch saw no images: the split left this set empty")
+    result = {"loss": total / len(dataset), "images_per_s": len(dataset) / max(time.perf_counter() - start, 1e-9)}
+    result.update(metrics.compute())
+    metrics.reset()
+    return result
+
+
 def restore_size(probs: torch.Tensor, orig_h: int, orig_w: int, size: int, policy: str) -> torch.Tensor:
     """Undo preprocessing: (P, S, S) probabilities -> (P, orig_h, orig_w).
 
@@ -94,6 +153,16 @@ def restore_size(probs: torch.Tensor, orig_h: int, orig_w: int, size: int, polic
         probs = probs[:, top:top + h, left:left + w]
     return torch.nn.functional.interpolate(probs[None].float(), size=(orig_h, orig_w), mode="bilinear",
                                            align_corners=False)[0]
+
+
+def to_original_size(probs: torch.Tensor, h: int, w: int, fingerprint: dict[str, Any]) -> torch.Tensor:
+    """(P, h', w') probabilities of a prepared image -> (P, h, w) at its original size,
+    whatever the preprocessing policy (square resize/pad, or native with max_side)."""
+    if fingerprint["policy"] != "native":
+        return restore_size(probs, h, w, int(fingerprint["size"]), fingerprint["policy"])
+    if tuple(probs.shape[1:]) == (h, w):
+        return probs
+    return torch.nn.functional.interpolate(probs[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
 def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

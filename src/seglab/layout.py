@@ -18,6 +18,25 @@ from pathlib import Path
 IMAGES = "images.npy"
 MASKS = "masks.npy"
 MANIFEST = "manifest.csv"
+# The native-size cache (preprocess.policy native): images and masks of any size, each
+# image's bytes back to back in one blob, found through the offsets index.
+IMAGE_BLOB = "images.blob"
+MASK_BLOB = "masks.blob"
+BLOB_INDEX = "blob_index.csv"
+# Every mask at its original size (offsets in the manifest's original_offset), whenever the
+# prepared masks are not: test scores are computed at the size a user measures.
+ORIGINAL_MASKS = "original_masks.blob"
+
+
+def keeps_original_size(policy: str, max_side: int | None) -> bool:
+    """Whether the prepared masks are the original ones (native, uncapped)."""
+    return policy == "native" and max_side is None
+
+
+def store_files(policy: str, max_side: int | None = None) -> tuple[str, ...]:
+    """The pixel files preprocess writes for ``preprocess.policy`` (besides manifest and fingerprint)."""
+    files = (IMAGE_BLOB, MASK_BLOB, BLOB_INDEX) if policy == "native" else (IMAGES, MASKS)
+    return files if keeps_original_size(policy, max_side) else (*files, ORIGINAL_MASKS)
 FINGERPRINT = "fingerprint.json"
 
 # A trained fold (<out>/models/<variant>/fold<k>/) and a colorization pretraining

@@ -10,6 +10,7 @@ is complete.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ from .data.io import IGNORE, sha256_file
 from .data.loaders import loader_workers, make_loader
 from .data.splits import fold_ids
 from .data.transforms import build_augmentation
+from .class_balance import fold_class_weights, resolve_auto_weights, uses_auto_weights
+from .data.patches import PatchDataset
 from .engine import EarlyStopping, Execution, monitor_mode
+from .inference import inference_window, validate_whole_images
 from .losses import build_loss
 from .metrics import MetricAccumulator
 from .models import build_model, count_parameters, output_channels
@@ -50,14 +54,20 @@ def build_optimizer(cfg: dict[str, Any], params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer.name: unknown optimiser {name!r}; use adam, adamw or sgd")
 
 
-def build_train_set(data: PreparedData, ids: list[str], augmentation: dict[str, Any], seed: int) -> tuple[Dataset, Any]:
+def build_train_set(data: PreparedData, ids: list[str], augmentation: dict[str, Any], seed: int,
+                    cfg_train: dict[str, Any] | None = None) -> tuple[Dataset, Any]:
     """The training dataset the augmentation block asks for, and its albumentations policy.
 
     online: each epoch draws fresh augmentations, the set repeated ``multiplier`` times;
     offline: originals plus ``multiplier - 1`` augmented copies drawn once, no further augmentation.
+    With ``train.patch_size``: random patches (online only; see :mod:`seglab.data.patches`),
+    ``multiplier`` patches per image and epoch.
     """
     augment = build_augmentation(augmentation, seed)
     times = augmentation["multiplier"]
+    if cfg_train is not None and cfg_train["patch_size"] is not None:
+        patches = PatchDataset(data, ids, cfg_train["patch_size"], cfg_train["foreground_fraction"], augment)
+        return (Repeated(patches, times) if times > 1 else patches), augment
     if augmentation["mode"] == "offline":
         if augment is None or times == 1:
             return SegmentationDataset(data, ids), augment
@@ -101,7 +111,7 @@ def train_fold(
     train_ids, val_ids = fold_ids(splits, fold)
     cfg_train = variant["train"]
 
-    train_set, augment = build_train_set(data, train_ids, variant["augmentation"], seed)
+    train_set, augment = build_train_set(data, train_ids, variant["augmentation"], seed, cfg_train)
     val_set = SegmentationDataset(data, val_ids)
     workers = loader_workers(cfg_train["num_workers"], device)
     train_loader = make_loader(train_set, cfg_train["batch_size"], True, seed, workers, device)
@@ -115,7 +125,12 @@ def train_fold(
     # Augmentation fills pixels it invents (rotation borders ...) with IGNORE even when the
     # dataset has no ignore label, so training always ignores IGNORE; no real label equals it.
     ignore = data.ignore_index if data.ignore_index is not None else IGNORE
-    loss_fn = build_loss(variant["loss"], data.num_classes, ignore)
+    loss_cfg, class_weights = variant["loss"], None
+    if uses_auto_weights(loss_cfg):  # class_weights: auto, from this fold's training images
+        class_weights = fold_class_weights(data.manifest, train_ids, data.num_classes)
+        loss_cfg = resolve_auto_weights(loss_cfg, class_weights)
+        run.log_params({"class_weights_auto": class_weights})
+    loss_fn = build_loss(loss_cfg, data.num_classes, ignore)
     # Every parameter goes to the optimiser: frozen ones get no gradient, hence no update,
     # and start moving as soon as the encoder is unfrozen.
     optimizer = build_optimizer(variant["optimizer"], model.parameters())
@@ -150,11 +165,17 @@ def train_fold(
             state["unfrozen"] = True
             print(f"{prefix} epoch {epoch + 1}: encoder unfrozen", flush=True)
 
+    # A patch-trained model is validated on whole images by sliding windows, as evaluation sees them.
+    window = inference_window(variant)
+    validate = None if window is None else partial(
+        validate_whole_images, dataset=val_set, loss_fn=loss_fn, execution=execution, metrics=metrics, window=window,
+        overlap=variant["inference"]["overlap"], batch_size=variant["inference"]["batch_size"])
+
     state = {"unfrozen": False}
     selector, history = fit_resumable(
         model, train_loader, val_loader, loss_fn, optimizer, execution,
         cfg_train["epochs"], cfg_train["patience"], store, run, prefix, metrics, augment,
-        stopper=stopper, selector=selector, scheduler=schedule, on_epoch_start=on_epoch_start,
+        stopper=stopper, selector=selector, scheduler=schedule, on_epoch_start=on_epoch_start, validate=validate,
     )
     # Summed over epochs, so a resumed job reports its whole training time, not the last attempt's.
     seconds = sum(r["seconds"] for r in history)
@@ -169,6 +190,7 @@ def train_fold(
         "encoder_frozen": cfg_train["freeze_encoder"], "encoder_unfrozen_at_epoch": unfreeze_at,
         "monitor": stopper.monitor, "checkpoint_metric": selector.monitor,
         "stopped_early": len(history) < cfg_train["epochs"], "train_samples_per_epoch": len(train_set),
+        "class_weights": class_weights,
         **{k: v for k, v in best.items() if k.startswith("val_")},
         "checkpoint": str(best_path), "run_id": run.run_id,
     }

@@ -30,8 +30,7 @@ rule verify:
 
 rule preprocess:
     output:
-        images=L.prepared_file(layout.IMAGES),
-        masks=L.prepared_file(layout.MASKS),
+        store=[L.prepared_file(name) for name in layout.store_files(CFG["preprocess"]["policy"], CFG["preprocess"]["max_side"])],
         manifest=L.prepared_file(layout.MANIFEST),
         fingerprint=L.prepared_file(layout.FINGERPRINT),
     input:

@@ -43,13 +43,34 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot be decoded as an image ({exc}). Replace or remove the file.") from None
 
 
-def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; grayscale and palette images are converted."""
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def intensity_range(path: Path) -> tuple[float, float] | None:
+    """(min, max) of a 16-bit/integer/float image's values; None for an 8-bit image (whose
+    mode the header tells, so an 8-bit file is not decoded here)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in HIGH_BIT_MODES:
+                return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None  # read_image names the broken file
+    arr = np.asarray(_open(path), dtype=np.float64)
+    return float(arr.min()), float(arr.max())
+
+
+def read_image(path: Path, value_range: tuple[float, float] | list[float] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; grayscale and palette images are converted.
+
+    A 16-bit (or integer/float) image is mapped linearly from ``value_range`` (the dataset's
+    min and max, from the fingerprint, so that every image of a dataset shares one scale and
+    a dim scan stays dim) to 0..255; without one, from its own min and max.
+    """
     img = _open(path)
-    if img.mode in ("I;16", "I;16B", "I", "F"):
-        # 16-bit scans: scale to 8 bits so every dataset shares one cache format.
+    if img.mode in HIGH_BIT_MODES:
         arr = np.asarray(img, dtype=np.float64)
-        arr = (255 * (arr - arr.min()) / max(arr.max() - arr.min(), 1)).astype(np.uint8)
+        low, high = value_range if value_range is not None else (arr.min(), arr.max())
+        arr = np.clip(255 * (arr - low) / max(high - low, 1e-12), 0, 255).round().astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     return np.asarray(img.convert("RGB"))
 

@@ -1,7 +1,13 @@
-"""Bring every verified pair to one size and cache it as memory-mappable uint8 arrays.
+"""Bring every verified pair to its training size and cache it as memory-mappable uint8 arrays.
 
-Outputs (one folder): ``images.npy`` (N, S, S, 3) uint8, ``masks.npy`` (N, S, S) uint8
-class indices with 255 = ignore, ``manifest.csv`` (one row per image: id, source
+Outputs (one folder): for the square policies (resize, pad) ``images.npy`` (N, S, S, 3)
+uint8 and ``masks.npy`` (N, S, S) uint8 class indices with 255 = ignore; for ``native``
+(each image at its own size, optionally capped) ``images.blob`` and ``masks.blob``, every
+image's bytes back to back, with ``blob_index.csv`` (height, width and byte offsets per
+row) to find them. A region-of-interest mask, when the dataset gives one, turns every
+pixel outside it into 255 (ignored). Unless the prepared masks are the original ones,
+``original_masks.blob`` keeps every mask at its original size (offsets in the manifest's
+``original_offset``), for test scores at the size a user measures. Also ``manifest.csv`` (one row per image: id, source
 paths, sha256, original size, group, role in a pre-split dataset, per-class pixel counts) and ``fingerprint.json``
 (normalisation mean/std, class frequencies, size statistics). Training reads the
 arrays with ``mmap_mode='r'`` and never decodes an image file per epoch.
@@ -20,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import layout
-from .io import IGNORE, DataError, decode_mask, read_image
+from .io import IGNORE, DataError, decode_mask, intensity_range, read_image
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, policy: str) -> tuple[np.ndarray, np.ndarray]:
@@ -49,28 +55,115 @@ def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int, policy: str) -> 
     return out_img, out_msk
 
 
-def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: Path) -> dict[str, Any]:
+def fit_native(image: np.ndarray, mask: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The pair at its own size, scaled down (aspect kept) when its longest side exceeds ``max_side``."""
+    h, w = mask.shape
+    if max_side is None or max(h, w) <= max_side:
+        return image, mask
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return (np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)),
+            np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)))
+
+
+def dataset_value_range(paths: list[Path]) -> tuple[float, float] | None:
+    """(min, max) over the dataset's 16-bit images, None when all are 8-bit: one scale per
+    dataset, so the relative brightness of images survives the 8-bit cache."""
+    ranges = [r for r in (intensity_range(p) for p in paths) if r is not None]
+    if not ranges:
+        return None
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def read_roi(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool region of interest: the file's non-zero pixels."""
+    roi = np.asarray(Image.open(path).convert("L")) > 0
+    if roi.shape != shape:
+        raise DataError(f"{path}: ROI size {roi.shape[1]}x{roi.shape[0]} differs from its image's "
+                        f"{shape[1]}x{shape[0]}. Give one ROI mask of the image's size (dataset.folder.roi).")
+    return roi
+
+
+class _SquareStore:
+    """(N, S, S, 3) images and (N, S, S) masks as .npy files written in place."""
+
+    def __init__(self, out_dir: Path, count: int, size: int) -> None:
+        self.out_dir = out_dir
+        self.images = np.lib.format.open_memmap(out_dir / f"{layout.IMAGES}.tmp", mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+        self.masks = np.lib.format.open_memmap(out_dir / f"{layout.MASKS}.tmp", mode="w+", dtype=np.uint8, shape=(count, size, size))
+
+    def put(self, i: int, image: np.ndarray, mask: np.ndarray) -> None:
+        self.images[i], self.masks[i] = image, mask
+
+    def close(self) -> None:
+        self.images.flush()
+        self.masks.flush()
+        del self.images, self.masks
+        for name in (layout.IMAGES, layout.MASKS):
+            (self.out_dir / f"{name}.tmp").replace(self.out_dir / name)
+
+
+class _BlobStore:
+    """Images and masks of any size appended to two blobs; their offsets go to the index."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.images = open(out_dir / f"{layout.IMAGE_BLOB}.tmp", "wb")
+        self.masks = open(out_dir / f"{layout.MASK_BLOB}.tmp", "wb")
+        self.rows: list[dict[str, int]] = []
+
+    def put(self, i: int, image: np.ndarray, mask: np.ndarray) -> None:
+        # A grey image (three equal channels) is stored as one: a third of the bytes. Readers
+        # get three channels back, as the models take them (seglab.data.dataset.BlobRows).
+        if (image[..., 0] == image[..., 1]).all() and (image[..., 0] == image[..., 2]).all():
+            image = image[..., :1]
+        self.rows.append({"index": i, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+                          "channels": int(image.shape[2]), "image_offset": self.images.tell(),
+                          "mask_offset": self.masks.tell()})
+        self.images.write(np.ascontiguousarray(image, np.uint8).tobytes())
+        self.masks.write(np.ascontiguousarray(mask, np.uint8).tobytes())
+
+    def close(self) -> None:
+        self.images.close()
+        self.masks.close()
+        pd.DataFrame(self.rows).to_csv(self.out_dir / layout.BLOB_INDEX, index=False)
+        for name in (layout.IMAGE_BLOB, layout.MASK_BLOB):
+            (self.out_dir / f"{name}.tmp").replace(self.out_dir / name)
+
+
+def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: Path,
+               max_side: int | None = None) -> dict[str, Any]:
     """Write the cache, manifest and fingerprint for the verified pairs; return the fingerprint."""
     pairs = verify_report["pairs"]
     classes = verify_report["classes"]
     num_classes = len(classes["names"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = np.lib.format.open_memmap(out_dir / f"{layout.IMAGES}.tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size, 3))
-    masks = np.lib.format.open_memmap(out_dir / f"{layout.MASKS}.tmp", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size))
+    store = _BlobStore(out_dir) if policy == "native" else _SquareStore(out_dir, len(pairs), size)
+    originals = None if layout.keeps_original_size(policy, max_side) else open(out_dir / f"{layout.ORIGINAL_MASKS}.tmp", "wb")
     rows = []
     # Running sums in float64 keep the per-channel statistics exact for any dataset size.
     channel_sum = np.zeros(3)
     channel_sq = np.zeros(3)
+    n_pixels = 0
+    has_roi = any(pair.get("roi") for pair in pairs)
+    value_range = dataset_value_range([Path(pair["image"]) for pair in pairs])
     for i, pair in enumerate(tqdm(pairs, desc="preprocess", unit="img", file=sys.stderr, mininterval=5.0)):
-        image = read_image(Path(pair["image"]))
+        image = read_image(Path(pair["image"]), value_range)
         if pair["mask"] is None:  # an unlabelled image (colorization only): every pixel ignored
             mask, unknown = np.full(image.shape[:2], IGNORE, np.uint8), None
         else:
             mask, unknown = decode_mask(Path(pair["mask"]), classes)
         if unknown:  # verification refuses such pairs: the file changed since it was verified
             raise DataError(f"{pair['mask']}: unknown mask values {unknown} (the file changed since verification). Re-run verify.")
-        img, msk = fit_to_size(image, mask, size, policy)
-        images[i], masks[i] = img, msk
+        if pair.get("roi"):
+            mask = np.where(read_roi(Path(pair["roi"]), mask.shape), mask, IGNORE).astype(np.uint8)
+        img, msk = fit_native(image, mask, max_side) if policy == "native" else fit_to_size(image, mask, size, policy)
+        store.put(i, img, msk)
+        n_pixels += msk.size
+        original_offset = None
+        if originals is not None:
+            original_offset = originals.tell()
+            originals.write(np.ascontiguousarray(mask, np.uint8).tobytes())
         pixels = img.reshape(-1, 3).astype(np.float64) / 255.0
         channel_sum += pixels.sum(0)
         channel_sq += (pixels**2).sum(0)
@@ -78,28 +171,31 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         rows.append({
             "index": i, "id": pair["id"], "group": pair["group"], "image": pair["image"], "mask": pair["mask"],
             "sha256_image": pair["sha256_image"], "sha256_mask": pair["sha256_mask"],
-            "orig_height": pair["height"], "orig_width": pair["width"],
+            "orig_height": pair["height"], "orig_width": pair["width"], "original_offset": original_offset,
             # train/val/test/unlabelled for a pre-split dataset (empty otherwise): what the split reads.
             "role": pair.get("role") or "",
             **{f"pixels_{k}": int(c) for k, c in enumerate(counts)},
         })
-    images.flush()
-    masks.flush()
-    del images, masks
-    (out_dir / f"{layout.IMAGES}.tmp").replace(out_dir / layout.IMAGES)
-    (out_dir / f"{layout.MASKS}.tmp").replace(out_dir / layout.MASKS)
+    store.close()
+    if originals is not None:
+        originals.close()
+        (out_dir / f"{layout.ORIGINAL_MASKS}.tmp").replace(out_dir / layout.ORIGINAL_MASKS)
     manifest = pd.DataFrame(rows)
     manifest.to_csv(out_dir / layout.MANIFEST, index=False)
 
-    n_pixels = len(pairs) * size * size
     mean = channel_sum / n_pixels
     std = np.sqrt(np.maximum(channel_sq / n_pixels - mean**2, 1e-12))
     class_pixels = manifest[[f"pixels_{k}" for k in range(num_classes)]].sum().to_numpy()
-    uses_ignore = any(cls == IGNORE for _, cls in classes["value_map"]) or policy == "pad"
+    uses_ignore = any(cls == IGNORE for _, cls in classes["value_map"]) or policy == "pad" or has_roi
     fingerprint = {
         "num_images": len(pairs),
         "size": size,
         "policy": policy,
+        "max_side": max_side,
+        # 16-bit datasets: the raw values mapped to 0..255 for every image alike (None: 8-bit data).
+        "value_range": list(value_range) if value_range is not None else None,
+        # Pixels outside a region of interest are IGNORE in the masks and background in predictions.
+        "roi": has_roi,
         "classes": classes["names"],
         "num_classes": num_classes,
         "ignore_index": IGNORE if uses_ignore else None,
@@ -111,7 +207,7 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         "orig_width": _stats(manifest["orig_width"]),
         "groups": int(manifest["group"].nunique()),
         "ignored_pixel_fraction": round(1 - float(class_pixels.sum()) / max(n_pixels, 1), 6),
-        "cache_bytes": int((out_dir / layout.IMAGES).stat().st_size + (out_dir / layout.MASKS).stat().st_size),
+        "cache_bytes": int(sum((out_dir / name).stat().st_size for name in layout.store_files(policy, max_side))),
     }
     (out_dir / layout.FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
     return fingerprint

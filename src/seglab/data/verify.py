@@ -92,6 +92,17 @@ def discover_pairs(root: Path, folder_cfg: dict[str, Any], what: str = "") -> tu
         pairs.append({"id": key, "image": str(image), "mask": str(masks[key]), "group": group})
     for key in sorted(set(masks) - set(images)):
         problems.append({"id": key, "file": str(masks[key]), "problem": "mask without an image"})
+    if folder_cfg.get("roi"):
+        rois, rois_left = _index(root / folder_cfg["roi"], folder_cfg["roi_regex"], "rois", f"{what}roi")
+        images_left += rois_left
+        with_roi = []
+        for pair in pairs:
+            if pair["id"] in rois:
+                with_roi.append({**pair, "roi": str(rois[pair["id"]])})
+            else:
+                problems.append({"id": pair["id"], "file": pair["image"],
+                                 "problem": "image without a ROI mask (dataset.folder.roi, roi_regex)"})
+        pairs = with_roi
     return pairs, problems, images_left + masks_left
 
 
@@ -112,7 +123,7 @@ def discover_layout(root: Path, folder_cfg: dict[str, Any]) -> tuple[list[dict[s
     else:
         pairs, problems, left_out = [], [], []
         for role in given:
-            part = {**folder_cfg, "images": folder_cfg[role]["images"], "masks": folder_cfg[role]["masks"]}
+            part = {**folder_cfg, "images": folder_cfg[role]["images"], "masks": folder_cfg[role]["masks"], "roi": None}
             found, trouble, left = discover_pairs(root, part, what=f"{role}.")
             pairs += [{**p, "id": f"{role}/{p['id']}", "role": role} for p in found]
             problems += [{**p, "id": f"{role}/{p['id']}"} for p in trouble]

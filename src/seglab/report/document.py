@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 import pandas as pd
 
 from .. import layout
@@ -173,7 +174,13 @@ def sample_rows(data: PreparedData, test_ids: list[str], eval_dir: Path) -> list
     fg = list(range(1, data.num_classes))
     for caption, i in picks.items():
         row = data.indices([test_ids[i]])[0]
-        image, truth, pred = np.asarray(data.images[row]), np.asarray(data.masks[row]), predictions[i]
+        image, truth = np.asarray(data.images[row]), np.asarray(data.masks[row])
+        # The file holds test predictions at each image's original size (padded to the largest):
+        # cropped to that size, then shown at the prepared size beside the prepared image.
+        h, w = int(data.manifest["orig_height"][row]), int(data.manifest["orig_width"][row])
+        pred = predictions[i][:h, :w]
+        if pred.shape != truth.shape:
+            pred = np.asarray(Image.fromarray(pred).resize((truth.shape[1], truth.shape[0]), Image.NEAREST))
         rows.append({"image": image, "truth": truth, "pred": pred, "overlay": figures.overlay(image, truth, pred, fg),
                      "caption": f"{caption}: {test_ids[i]}\nDice {ensemble['dice'][i]:.3f}"})
     return rows
@@ -188,6 +195,14 @@ def per_class_html(eval_dir: Path) -> str:
         f"<tr><td>{html.escape(r['set'])}</td><td>{html.escape(str(r['class']))}</td><td>{r['images_with_class']}</td>"
         + "".join(f"<td>{_fmt(float(r[m]))}</td>" for m in ("dice", "iou", "precision", "recall")) + "</tr>"
         for _, r in table.iterrows())
+    # Cross-validation per class: each fold's best-epoch validation score, averaged over folds.
+    metrics = json.loads((eval_dir / layout.EVAL_METRICS).read_text())
+    cv = metrics["cv"]
+    for k, name in enumerate(metrics["classes"]):
+        if f"val_iou_{k}_mean" in cv:
+            body += (f"<tr><td>cv (fold mean)</td><td>{html.escape(str(name))}</td><td></td>"
+                     f"<td>{_fmt(float(cv[f'val_dice_{k}_mean']))}</td><td>{_fmt(float(cv[f'val_iou_{k}_mean']))}</td>"
+                     "<td></td><td></td></tr>")
     return f"<table>{head}{body}</table>"
 
 
