@@ -11,7 +11,7 @@ from seglab.config import ConfigError, validate
 from seglab.data.io import IGNORE, decode_mask
 from seglab.data.verify import dataset_root, resolve_classes
 from seglab.losses import build_loss
-from tests.conftest import SHARED_DATASETS
+from tests.helpers import SHARED_DATASETS
 
 CAMVID = SHARED_DATASETS / "camvid-subset"
 

@@ -23,7 +23,7 @@ from seglab.data.verify import verify_dataset
 from seglab.evaluate import evaluate_variant
 from seglab.predict import predict_folder
 from seglab.train import train_fold
-from tests.conftest import SHARED_DATASETS
+from tests.helpers import SHARED_DATASETS
 
 DRIVE = SHARED_DATASETS / "drive"
 pytestmark = pytest.mark.skipif(not DRIVE.is_dir(), reason=f"{DRIVE} is absent (see the shared datasets README)")
