@@ -69,3 +69,15 @@ def test_write_if_changed_keeps_the_file_time_when_content_is_equal(tmp_path):
 def test_config_hash_ignores_key_order():
     assert config_hash({"a": 1, "b": {"c": 2}}) == config_hash({"b": {"c": 2}, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_colorization_with_native_sizes_is_refused_with_the_key_and_the_fix():
+    cfg = tiny_study()  # its "colorized" variant pretrains by colorization
+    cfg["preprocess"] = {"size": 32, "policy": "native"}
+    cfg["defaults"]["train"]["patch_size"] = 32
+    with pytest.raises(ConfigError) as error:
+        validate(cfg, "study.yaml")
+    message = str(error.value)
+    assert "key 'variants.colorized.init'" in message and "preprocess.policy resize or pad" in message
+    cfg["variants"] = {"scratch": {}}
+    assert validate(cfg, "study.yaml")["preprocess"]["policy"] == "native"

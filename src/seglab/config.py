@@ -170,6 +170,7 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
     _check_output_dir(cfg["study"]["output_dir"], source)
     _check_presplit(raw, cfg, source)
     _check_size_fits_models(cfg, source)
+    _check_colorization_batches(cfg, source)
 
     baseline = cfg["study"]["baseline"]
     if baseline is None:
@@ -256,6 +257,19 @@ def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
                 f"{source}: key 'preprocess.size': {size} is not divisible by {factor}, which variant '{name}' "
                 f"(model depth {depth}) needs. Use a multiple of {factor} (e.g. {size // factor * factor or factor}) "
                 "or a smaller depth."
+            )
+
+
+def _check_colorization_batches(cfg: dict[str, Any], source: str) -> None:
+    """Colorization pretrains on whole images in batches, which needs one image size per study."""
+    if cfg["preprocess"]["policy"] != "native":
+        return
+    for name, variant in cfg["variants"].items():
+        if variant["init"] == "colorization":
+            raise ConfigError(
+                f"{source}: key 'variants.{name}.init': colorization pretrains on whole images in batches, and "
+                "preprocess.policy native keeps each image at its own size. Use preprocess.policy resize or pad "
+                "for a study that pretrains, or another init for this variant."
             )
 
 
