@@ -104,7 +104,12 @@ def _describe(error: jsonschema.ValidationError, prefix: str) -> str:
             f"unknown key '{key}.{unexpected[0]}' for name '{name}'. Known keys here: {', '.join(known)}. "
             "Fix the spelling or remove it (options depend on the name)."
         )
-    hint = error.schema.get("description")
+    # An error inside an anyOf branch carries the branch's schema; the key's description sits
+    # beside the anyOf, on the parent error.
+    hint, parent = error.schema.get("description"), error.parent
+    while hint is None and parent is not None:
+        hint = parent.schema.get("description") if isinstance(parent.schema, dict) else None
+        parent = parent.parent
     text = f"key '{key}': {error.message}."
     return f"{text} ({hint})" if hint else text
 
