@@ -121,19 +121,27 @@ def table_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-SIG_COLUMNS = ["variant", "vs", "images", "mean Dice diff", "95% CI (bootstrap)", "Wilcoxon p", "Holm p",
-               "NB t-test p (folds)", "NB Holm p", "significant"]
+SIG_COLUMNS = ["variant", "vs", "repeats × folds", "test images", "mean test Dice diff",
+               "95% CI (hierarchical bootstrap)", "test Holm p", "CV fold Dice diff", "CV Holm p (corrected t-test)",
+               "verdict", "secondary: Wilcoxon Holm p (repeat 0's two models)"]
+
+
+def _verdict_cell(r: dict[str, Any]) -> str:
+    measured = r.get("run_variance_measured", False)
+    if r["significant"]:
+        return "SIGNIFICANT" + ("" if measured else " (run-to-run variance not measured)")
+    return "not significant" + ("" if measured else " (run-to-run variance not measured)")
 
 
 def significance_rows(comparisons: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in comparisons["comparisons"]:
-        boot = r["bootstrap"]
-        rows.append([r["variant"], r["reference"], str(r["images"]), f"{boot['mean']:+.4f}",
-                     f"{boot['low']:+.4f} to {boot['high']:+.4f} ({boot['units']} {boot['unit']})",
-                     f"{r['wilcoxon']['p']:.4g}", f"{r['p_holm']:.4g}",
-                     f"{r['nadeau_bengio']['p']:.4g} ({r['folds']})", f"{r['nb_p_holm']:.4g}",
-                     "SIGNIFICANT" if r["significant"] else "not significant"])
+        boot, cv = r["bootstrap"], r["cv_ttest"]
+        rows.append([r["variant"], r["reference"], f"{r['repeats']} × {r['folds']}", str(r["images"]),
+                     f"{boot['mean']:+.4f}",
+                     f"{boot['low']:+.4f} to {boot['high']:+.4f} ({boot['repeats']} repeats, {boot['units']} {boot['unit']})",
+                     f"{r['test_p_holm']:.4g}", f"{cv['mean']:+.4f}", f"{r['cv_p_holm']:.4g}", _verdict_cell(r),
+                     f"{r['wilcoxon_p_holm']:.4g}"])
     return rows
 
 
@@ -146,17 +154,29 @@ def significance_html(comparisons: dict[str, Any] | None) -> str:
         klass = "sig" if r["significant"] else "nosig"
         body.append(f"<tr class={klass}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     sentences = "".join(f"<li>{html.escape(r['sentence'])}</li>" for r in comparisons["comparisons"])
-    return (f"<p>Significance level α = {comparisons['alpha']} after Holm correction over "
-            f"{len(comparisons['comparisons'])} comparison(s). The decision uses the paired Wilcoxon signed-rank test "
-            "on per-image test Dice of the fold ensembles; the bootstrap CI is the effect size; the Nadeau–Bengio "
-            "corrected t-test over the out-of-fold fold scores is the cross-validation view.</p>"
+    return (f"<p>{html.escape(significance_method(comparisons))}</p>"
             f"<table class=significance><tr>{head}</tr>{''.join(body)}</table><ul class=verdicts>{sentences}</ul>")
+
+
+def significance_method(comparisons: dict[str, Any]) -> str:
+    """How the verdicts were reached, in words, with the run-to-run caveat when it applies."""
+    text = (f"Significance level α = {comparisons['alpha']} after Holm correction over "
+            f"{len(comparisons['comparisons'])} comparison(s), per test. A difference is called significant when both "
+            "tests agree: on the test set, a hierarchical bootstrap that resamples repeats and then test images "
+            "(one fold ensemble per variant and repeat); in cross-validation, the corrected repeated k-fold t-test "
+            "(Nadeau–Bengio correction as in Bouckaert & Frank) over every repeat's fold scores. The Wilcoxon "
+            "signed-rank p-value is secondary: it compares two fitted models (repeat 0's ensembles) on these test "
+            "images, not the two recipes.")
+    if comparisons.get("repeats", 0) <= 1:
+        text += (" This study ran one repeat (split.repeats: 1): run-to-run variance was not measured, so no "
+                 "verdict here says whether a recipe beats another; set split.repeats to 2 or more for that.")
+    return text
 
 
 def significance_markdown(comparisons: dict[str, Any] | None) -> list[str]:
     if not comparisons or not comparisons["comparisons"]:
         return ["Only one variant: nothing to compare."]
-    lines = ["| " + " | ".join(SIG_COLUMNS) + " |", "|" + "---|" * len(SIG_COLUMNS)]
+    lines = [significance_method(comparisons), "", "| " + " | ".join(SIG_COLUMNS) + " |", "|" + "---|" * len(SIG_COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in significance_rows(comparisons)]
     lines += [""] + [f"- {r['sentence']}" for r in comparisons["comparisons"]]
     return lines
