@@ -1,8 +1,8 @@
 """The compare stage: gather the paired numbers from the evaluation files and run seglab.stats.
 
-Inputs: each variant's ``per_image.csv`` (test Dice of the fold ensemble per image) and
-``metrics.json`` (per-fold out-of-fold Dice), the manifest (groups) and the splits (fold
-sizes). Output: ``comparisons.json`` (everything, with a sentence per comparison) and
+Inputs: per variant and repeat, ``per_image.csv`` (test Dice of that repeat's fold ensemble
+per image) and ``metrics.json`` (per-fold out-of-fold Dice); the manifest (groups) and the
+splits (fold sizes, the same in every repeat). Output: ``comparisons.json`` (everything, with a sentence per comparison) and
 ``comparisons.csv`` (one flat row per comparison, for people and spreadsheets).
 """
 
@@ -33,14 +33,17 @@ def real_groups(manifest: pd.DataFrame) -> dict[str, str] | None:
     return dict(zip(manifest["id"].astype(str), manifest["group"].astype(str)))
 
 
-def gather(eval_dirs: dict[str, Path]) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[list[float]]]]:
-    per_image, folds = {}, {}
-    for variant, folder in eval_dirs.items():
-        table = pd.read_csv(folder / layout.PER_IMAGE, dtype={"id": str})
-        ensemble = table[table["model"] == "ensemble"]
-        per_image[variant] = [dict(zip(ensemble["id"], ensemble["dice"].astype(float)))]
-        metrics = json.loads((folder / layout.EVAL_METRICS).read_text())
-        folds[variant] = [[float(f["dice"]) for f in metrics["oof"]["per_fold"]]]
+def gather(eval_dirs: dict[str, list[Path]]) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[list[float]]]]:
+    """Per variant, one entry per repeat (in repeat order): {image id: ensemble test Dice} and the fold scores."""
+    per_image: dict[str, list[dict[str, float]]] = {}
+    folds: dict[str, list[list[float]]] = {}
+    for variant, folders in eval_dirs.items():
+        for folder in folders:
+            table = pd.read_csv(folder / layout.PER_IMAGE, dtype={"id": str})
+            ensemble = table[table["model"] == "ensemble"]
+            per_image.setdefault(variant, []).append(dict(zip(ensemble["id"], ensemble["dice"].astype(float))))
+            metrics = json.loads((folder / layout.EVAL_METRICS).read_text())
+            folds.setdefault(variant, []).append([float(f["dice"]) for f in metrics["oof"]["per_fold"]])
     return per_image, folds
 
 
@@ -62,7 +65,7 @@ def flat_rows(result: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_compare(study: dict[str, Any], eval_dirs: dict[str, Path], manifest: pd.DataFrame, splits: dict[str, Any],
+def run_compare(study: dict[str, Any], eval_dirs: dict[str, list[Path]], manifest: pd.DataFrame, splits: dict[str, Any],
                 out_json: Path, out_csv: Path) -> dict[str, Any]:
     per_image, folds = gather(eval_dirs)
     cfg = study["stats"]

@@ -486,7 +486,8 @@ def stage_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "dataset.json": {"dataset": cfg["dataset"]},
         "prepare.json": {"dataset": cfg["dataset"], "verify": cfg["verify"], "preprocess": cfg["preprocess"]},
         # The split stage reads which folders a pre-split dataset gave (the roles in the manifest).
-        "split.json": {"split": cfg["split"]},
+        # Without split.repeats: raising it adds the new repeats' jobs and re-runs no existing one.
+        "split.json": {"split": {k: v for k, v in cfg["split"].items() if k != "repeats"}},
         "study.json": cfg,
     }
     run_common = {

@@ -184,6 +184,7 @@ def evaluate_variant(
     np.save(out_dir / layout.ENSEMBLE_PREDICTIONS, np.stack(ensemble_labels))
     metrics = {
         "variant": variant["variant"],
+        "repeat": splits["repeat"],
         "test_images": len(test_ids),
         "tta": tta,
         "classes": classes,

@@ -25,13 +25,17 @@ from . import figures
 
 # (key in the study table, header, which value is best). "ci" and list columns are formatted, never marked.
 COLUMNS = [
-    ("cv_dice_mean", "CV Dice", "max"), ("cv_dice_sd", "± sd", "min"), ("cv_dice_ci", "CV Dice 95% CI", None),
+    ("repeats", "repeats", None),
+    ("cv_dice_mean", "CV Dice (best epoch chosen on the same fold)", "max"), ("cv_dice_sd", "± sd over folds", "min"),
+    ("cv_dice_repeat_sd", "± run-to-run sd", "min"), ("cv_dice_ci", "CV Dice 95% CI", None),
     ("cv_iou_mean", "CV IoU", "max"), ("oof_dice", "pooled OOF Dice", "max"),
-    ("test_dice", "test Dice (ensemble)", "max"), ("test_iou", "test IoU", "max"),
-    ("test_dice_folds", "test Dice per fold", None), ("test_pixel_accuracy", "test pixel acc.", "max"),
+    ("test_dice", "test Dice (ensemble, mean over repeats)", "max"), ("test_dice_repeat_sd", "± run-to-run sd", "min"),
+    ("test_dice_per_repeat", "test Dice per repeat", None), ("test_iou", "test IoU", "max"),
+    ("test_dice_folds_sd", "sd of single-model test Dice", "min"),
+    ("test_dice_folds", "test Dice per fold model", None), ("test_pixel_accuracy", "test pixel acc.", "max"),
     ("test_hd95", "test HD95 (px)", "min"), ("params_trainable", "trainable params", None),
     ("params_frozen", "frozen params", None), ("train_seconds", "train time (s)", "min"),
-    ("best_epochs", "best epoch per fold", None),
+    ("best_epochs", "best epoch per run", None),
 ]
 RADAR = [("test_dice", "Dice"), ("test_iou", "IoU"), ("test_precision", "precision"), ("test_recall", "recall"),
          ("test_pixel_accuracy", "pixel acc."), ("oof_dice", "OOF Dice")]
@@ -76,6 +80,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(key: str, value: Any) -> str:
+    """A table cell; a run-to-run sd of one repeat reads "not measured", never blank or zero."""
+    if key.endswith("_repeat_sd") and (value is None or (isinstance(value, float) and np.isnan(value))):
+        return "not measured (1 repeat)"
+    return _fmt(value)
+
+
 def variant_table(metrics: dict[str, Any]) -> pd.DataFrame:
     table = pd.DataFrame(metrics["variants"]).T
     table["cv_dice_ci"] = [f"{_fmt(lo)} – {_fmt(hi)}" for lo, hi in zip(table["cv_dice_ci95_low"], table["cv_dice_ci95_high"])]
@@ -103,7 +114,7 @@ def table_html(table: pd.DataFrame) -> str:
         cells = []
         for key, _, _ in COLUMNS:
             value = row.get(key)
-            cells.append(f"<td{' class=best' if _is_best(best, key, value) else ''}>{_fmt(value)}</td>")
+            cells.append(f"<td{' class=best' if _is_best(best, key, value) else ''}>{_cell(key, value)}</td>")
         rows.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
     return f"<table class=variants><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -115,7 +126,7 @@ def table_markdown(table: pd.DataFrame) -> str:
     for name, row in table.iterrows():
         cells = []
         for key, _, _ in COLUMNS:
-            text = _fmt(row.get(key))
+            text = _cell(key, row.get(key))
             cells.append(f"**{text}**" if _is_best(best, key, row.get(key)) else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

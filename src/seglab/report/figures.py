@@ -23,12 +23,20 @@ def to_png(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _runs(frame: pd.DataFrame) -> list[tuple[tuple[int | None, int], pd.DataFrame]]:
+    """The curves of each training run, in (repeat, fold) order; repeat None for curves without one."""
+    if "repeat" in frame:
+        return [((int(r), int(f)), run) for (r, f), run in frame.groupby(["repeat", "fold"], sort=True)]
+    return [((None, int(f)), run) for f, run in frame.groupby("fold", sort=True)]
+
+
 def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
-    """Train and validation loss of every fold of one variant in one figure."""
+    """Train and validation loss of every training run (repeat and fold) of one variant in one figure."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for fold, frame in curves[curves["variant"] == variant].groupby("fold"):
-        line = ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"fold {fold} train")[0]
-        ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"fold {fold} val")
+    for (repeat, fold), frame in _runs(curves[curves["variant"] == variant]):
+        name = f"fold {fold}" if repeat is None else f"r{repeat} fold {fold}"
+        line = ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"{name} train")[0]
+        ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"{name} val")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title(variant)
@@ -42,7 +50,9 @@ def metric_bars(table: pd.DataFrame, metric: str = "dice") -> bytes:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(table)), 3.4))
     x = np.arange(len(table))
     ax.bar(x - 0.2, table[f"cv_{metric}_mean"], 0.4, yerr=table[f"cv_{metric}_sd"], capsize=4, label="CV (mean ± sd)")
-    ax.bar(x + 0.2, table[f"test_{metric}"], 0.4, label="test (fold ensemble)")
+    run_sd = table.get(f"test_{metric}_repeat_sd")
+    yerr = pd.to_numeric(run_sd, errors="coerce").fillna(0).to_numpy() if run_sd is not None else None
+    ax.bar(x + 0.2, table[f"test_{metric}"], 0.4, yerr=yerr, capsize=4, label="test (fold ensemble, mean ± run-to-run sd)")
     ax.set_xticks(x, table.index, rotation=20, ha="right")
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
@@ -131,7 +141,9 @@ def best_epoch_losses(curves: pd.DataFrame, best_epochs: dict[str, list[int]]) -
     rows = {}
     for variant, epochs in best_epochs.items():
         frame = curves[curves["variant"] == variant]
-        picked = [frame[(frame["fold"] == fold) & (frame["epoch"] == epoch)] for fold, epoch in enumerate(epochs or [])]
+        # best_epochs lists the runs in (repeat, fold) order, as the curves are sorted.
+        runs = [run for _, run in _runs(frame)]
+        picked = [run[run["epoch"] == epoch] for run, epoch in zip(runs, epochs or [])]
         picked = pd.concat([p for p in picked if len(p)]) if any(len(p) for p in picked) else frame.iloc[0:0]
         rows[variant] = {"train_loss": float(picked["train_loss"].mean()) if len(picked) else np.nan,
                          "val_loss": float(picked["val_loss"].mean()) if len(picked) else np.nan}
