@@ -107,7 +107,7 @@ def test_kvasir_sample_through_snakemake(tmp_path: Path) -> None:
     (project / "study.yaml").write_text(yaml.safe_dump({**study, "tracking": {"enabled": False}}))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
-    target = "results/kvasir-seg-sample/data/splits.json"
+    target = "results/kvasir-seg-sample/data/splits/r0.json"
     result = subprocess.run(
         [snakemake, target, "--cores", "2", "--configfile", "study.yaml"],
         cwd=project, env=env, capture_output=True, text=True, timeout=600,

@@ -151,7 +151,7 @@ def test_every_study_plans_its_whole_workflow(study: Path, tmp_path: Path) -> No
     folds = 2
     for variant in cfg["variants"]:
         for fold in range(folds):
-            assert f"models/{variant}/fold{fold}/best.pt" in plan, f"no training job planned for {variant} fold {fold}"
+            assert f"models/{variant}/r0/fold{fold}/best.pt" in plan, f"no training job planned for {variant} fold {fold}"
     assert "report/index.html" in plan
 
 

@@ -46,7 +46,7 @@ def test_report_and_metrics_are_written(finished_study):
     assert "| variant |" in (tmp / "results" / "report" / "summary.md").read_text()
     curves = pd.read_csv(tmp / "results" / "curves.csv")
     assert set(curves["variant"]) == {"scratch", "colorized"} and set(curves["fold"]) == {0, 1}
-    per_image = pd.read_csv(tmp / "results" / "eval" / "scratch" / "per_image.csv")
+    per_image = pd.read_csv(tmp / "results" / "eval" / "scratch" / "r0" / "per_image.csv")
     assert set(per_image["model"]) == {"fold0", "fold1", "ensemble"}
     assert (tmp / "results" / "pretrain").is_dir() and list((tmp / "results" / "pretrain").glob("*/samples.png"))
 
@@ -90,6 +90,6 @@ def test_changing_one_variant_reruns_only_its_jobs(finished_study, tmp_path):
     # Only the changed variant's two folds, its evaluation and the study-level steps (aggregate,
     # compare, report) re-run.
     assert jobs == {"train": 2, "evaluate": 1, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 7}, jobs
-    assert "results/models/scratch/fold0/best.pt" in out and "results/models/colorized/fold0/best.pt" not in out.split("rule aggregate")[0]
+    assert "results/models/scratch/r0/fold0/best.pt" in out and "results/models/colorized/r0/fold0/best.pt" not in out.split("rule aggregate")[0]
     # Leave the study as the module fixture wrote it.
     write_yaml(configfile, tiny_study())

@@ -48,10 +48,8 @@ def cmd_split(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .data.splits import make_presplit_splits, make_splits, read_test_list
-    from .seeds import derived_seed
 
     split = read_json(args.config)["split"]
-    fold_seed = derived_seed(split["seed"], args.repeat)
     manifest = pd.read_csv(Path(args.prepared) / layout.MANIFEST, dtype={"id": str, "group": str})
     test_ids = split["test_ids"]
     if split["test_file"]:
@@ -63,10 +61,9 @@ def cmd_split(args: argparse.Namespace) -> None:
     if "role" in manifest and manifest["role"].fillna("").astype(str).ne("").any():
         # A pre-split dataset (dataset.folder.train/val/test): its folders are the split.
         splits = make_presplit_splits(manifest, split["validation"], split["folds"], split["test_fraction"], split["seed"],
-                                      fold_seed)
+                                      args.repeat)
     else:
-        splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids, fold_seed)
-    splits["repeat"] = args.repeat
+        splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids, args.repeat)
     _write_json(Path(args.out), splits)
     print(f"split (repeat {args.repeat}): test {splits['counts']['test']} images ({splits['test_source']}), folds {splits['counts']['folds']}"
           + (f", always trained on {splits['counts']['train']}" if "train" in splits else "")

@@ -73,9 +73,16 @@ def run_of(path: str | Path) -> tuple[str, int, int]:
 
 
 def fold_of(path: str | Path) -> tuple[str, int]:
-    """(variant, fold) of a fold folder or of a file in one (see :func:`run_of` for the repeat)."""
-    variant, _, fold = run_of(path)
-    return variant, fold
+    """(variant, fold) of a fold folder or of a file in one: ``.../<variant>/r<repeat>/fold<k>[/file]``
+    (see :func:`run_of` for the repeat); a fold folder outside a repeat folder names its parent."""
+    path = Path(path)
+    folder = path if _FOLD_DIR.match(path.name) else path.parent
+    match = _FOLD_DIR.match(folder.name)
+    if match is None:
+        raise ValueError(f"{path}: not in a fold folder (<variant>/r<repeat>/fold<k>/)")
+    parent = folder.parent
+    variant = parent.parent.name if _REPEAT_DIR.match(parent.name) else parent.name
+    return variant, int(match.group(1))
 
 
 def eval_of(path: str | Path) -> tuple[str, int]:

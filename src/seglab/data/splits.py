@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..seeds import derived_seed
 from .io import DataError
 
 
@@ -66,15 +67,16 @@ def read_test_list(path: Path, key: str | None) -> list[str]:
 
 
 def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: int,
-                test_ids: list[str] | None = None, fold_seed: int | None = None) -> dict[str, Any]:
+                test_ids: list[str] | None = None, repeat: int = 0) -> dict[str, Any]:
     """Return ``{"test": [ids], "folds": [[ids], ...], ...}``; deterministic for a seed.
 
     The test set is ``test_ids`` when given (the dataset's own test list; ids not in
     the manifest are listed under ``test_ids_missing``), else a grouped, stratified
-    ``test_fraction`` of the images drawn with ``seed``. The folds are drawn with
-    ``fold_seed`` (default ``seed``): repeats of a study share the test set and differ here.
+    ``test_fraction`` of the images drawn with ``seed``. The folds of repeat ``repeat`` are
+    drawn with its own seed (:func:`seglab.seeds.derived_seed`; repeat 0 uses ``seed``):
+    repeats of a study share the test set and differ in their folds.
     """
-    fold_seed = seed if fold_seed is None else fold_seed
+    fold_seed = derived_seed(seed, repeat)
     ids = manifest["id"].astype(str).to_numpy()
     groups = manifest["group"].astype(str).to_numpy()
     strata = _strata(manifest, bins=4)
@@ -102,6 +104,7 @@ def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: 
     fg = _foreground(manifest).to_numpy()
     return {
         "seed": seed,
+        "repeat": repeat,
         "fold_seed": fold_seed,
         "test_source": source,
         "test_fraction": test_fraction if source == "fraction" else round(len(test) / len(ids), 6),
@@ -114,7 +117,7 @@ def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: 
 
 
 def make_presplit_splits(manifest: pd.DataFrame, validation: str, folds: int, test_fraction: float,
-                         seed: int, fold_seed: int | None = None) -> dict[str, Any]:
+                         seed: int, repeat: int = 0) -> dict[str, Any]:
     """Splits of a pre-split dataset, from the manifest's ``role`` column, used as given.
 
     The test set is the test folder (else a grouped ``test_fraction`` of train + val). With
@@ -131,7 +134,7 @@ def make_presplit_splits(manifest: pd.DataFrame, validation: str, folds: int, te
         pool = labelled[labelled["role"] != "val"]
         test = ids_of["test"] or make_splits(pool, 2, test_fraction, seed)["test"]
         train = sorted(set(ids_of["train"]) - set(test))
-        out = {"seed": seed, "fold_seed": seed, "test_source": "folder" if ids_of["test"] else "fraction",
+        out = {"seed": seed, "repeat": repeat, "fold_seed": seed, "test_source": "folder" if ids_of["test"] else "fraction",
                "test_fraction": round(len(test) / max(len(labelled), 1), 6), "test": test,
                "folds": [ids_of["val"]], "train": train,
                "counts": {"test": len(test), "folds": [len(ids_of["val"])], "train": len(train)},
@@ -140,7 +143,7 @@ def make_presplit_splits(manifest: pd.DataFrame, validation: str, folds: int, te
         ids = labelled["id"].astype(str).to_numpy()
         out["foreground_fraction"] = {"test": _mean(fg, ids, test), "folds": [_mean(fg, ids, ids_of["val"])]}
     else:
-        out = make_splits(labelled, folds, test_fraction, seed, ids_of["test"] or None, fold_seed)
+        out = make_splits(labelled, folds, test_fraction, seed, ids_of["test"] or None, repeat)
         if ids_of["test"]:
             out["test_source"] = "folder"
     out["validation"] = validation
