@@ -267,6 +267,8 @@ def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
         "verification": f"{verify['pairs_ok']} of {verify['pairs_found']} pairs usable, {len(verify['problems'])} problem(s)",
         "splits": f"test {len(inputs.splits['test'])} images, {len(inputs.splits['folds'])} folds of "
                   f"{', '.join(str(len(f)) for f in inputs.splits['folds'])} (split seed {inputs.splits.get('seed')})",
+        "repeats": _repeats_fact(metrics.get("repeats", 1)),
+        **({"colorization pretraining images": _pretraining_images(inputs.splits)} if inputs.pretrain_dirs else {}),
         "class frequency": ", ".join(f"{n} {f:.3f}" for n, f in zip(fp["classes"], fp["class_frequency"])),
         "baseline": metrics["baseline"],
         "best variant (test Dice)": metrics["best_variant"],
@@ -281,6 +283,21 @@ def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
     }
 
 
+def _repeats_fact(repeats: int) -> str:
+    if repeats > 1:
+        return (f"{repeats} repeats of the cross-validation (own folds and training seeds each): every ± run-to-run sd "
+                "and every verdict below includes the variance between training runs")
+    return "1 (split.repeats: 1): run-to-run variance was not measured"
+
+
+def _pretraining_images(splits: dict[str, Any]) -> str:
+    """Which images colorization pretraining saw (without labels), said plainly."""
+    if splits.get("unlabelled"):
+        return f"the dataset's unlabelled pool ({len(splits['unlabelled'])} images); no validation or test image"
+    return ("every non-test image, without labels: the folds' validation images are among them (their labels never "
+            "are), so the CV scores of colorization variants may be slightly optimistic; no test image")
+
+
 def build_report(inputs: ReportInputs, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     study, metrics = inputs.study, inputs.metrics
@@ -293,10 +310,12 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 "<h2>At a glance</h2><table class=facts>" + "".join(
                     f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()) + "</table>",
                 "<h2>Variants</h2>",
-                "<p>CV: best-epoch validation score of each fold, mean ± sd and t-based 95% CI over folds. Pooled OOF: "
+                "<p>CV: each fold's validation score at its best epoch, chosen on that same fold (so slightly "
+                "optimistic), mean ± sd and t-based 95% CI over every repeat's folds; ± run-to-run sd: the sd over "
+                "repeats of the repeat means. Pooled OOF: "
                 "every fold's best checkpoint on its own validation fold, all out-of-fold images scored together. "
-                "Test: the fold ensemble (mean of the folds' probabilities) and each fold model on the held-out test "
-                "set. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
+                "Test: each repeat's fold ensemble (mean of its folds' probabilities) on the held-out test set, the mean "
+                "over repeats with its run-to-run sd and the value per repeat, and each fold model alone. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
                 "class is absent from both truth and prediction scores 1 for that class. Best value per column in bold.</p>",
                 table_html(table),
                 "<h2>Significance against the baseline</h2>",
@@ -330,7 +349,7 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 f"confusion_{variant}", figures.confusion(np.array(variant_metrics["test_confusion"]),
                                                           variant_metrics["classes"], f"{variant}: test pixels"),
                 f"confusion matrix {variant}"))
-    sections.append("<h2>Sample predictions (test set, fold ensemble: best, median, worst)</h2>")
+    sections.append("<h2>Sample predictions (test set, repeat 0's fold ensemble: best, median, worst)</h2>")
     for variant, eval_dir in inputs.eval_dirs.items():
         rows = sample_rows(data, inputs.splits["test"], eval_dir)
         sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"samples_{variant}", figures.sample_grid(rows, data.num_classes), f"samples {variant}"))

@@ -31,17 +31,28 @@ def _runs(frame: pd.DataFrame) -> list[tuple[tuple[int | None, int], pd.DataFram
 
 
 def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
-    """Train and validation loss of every training run (repeat and fold) of one variant in one figure."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    """Per training run (repeat and fold) of one variant: train and validation loss (left) and
+    the validation score per epoch (right; Dice for segmentation)."""
+    score = next((c for c in ("val_dice", "val_accuracy") if c in curves), None)
+    fig, axes = plt.subplots(1, 2 if score else 1, figsize=(9.6 if score else 5.2, 3.4), squeeze=False)
+    loss_ax = axes[0, 0]
     for (repeat, fold), frame in _runs(curves[curves["variant"] == variant]):
         name = f"fold {fold}" if repeat is None else f"r{repeat} fold {fold}"
-        line = ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"{name} train")[0]
-        ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"{name} val")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(variant)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+        line = loss_ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"{name} train")[0]
+        loss_ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"{name} val")
+        if score:
+            axes[0, 1].plot(frame["epoch"], frame[score], marker="o", ms=3, color=line.get_color(), label=name)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_title(variant)
+    loss_ax.legend(fontsize=7, ncol=2)
+    loss_ax.grid(alpha=0.3)
+    if score:
+        axes[0, 1].set_xlabel("epoch")
+        axes[0, 1].set_ylabel(score.replace("_", " "))
+        axes[0, 1].set_title(f"{variant}: validation score")
+        axes[0, 1].legend(fontsize=7, ncol=2)
+        axes[0, 1].grid(alpha=0.3)
     return to_png(fig)
 
 
