@@ -111,3 +111,11 @@ def test_identical_recipes_with_other_seeds_are_not_significant_and_repeats_add_
     assert {"preprocess", "pretrain"}.isdisjoint(jobs)
     planned = re.findall(r"output: (\S+)", plan.stdout)
     assert not [p for p in planned if re.search(r"/r[01]/", p)], "no job of an existing repeat re-runs"
+
+
+def test_rank_stability_counts_first_places_over_repeats():
+    from seglab.aggregate import rank_first
+
+    shares = rank_first({"a": [0.90, 0.80, 0.70, 0.60], "b": [0.85, 0.85, 0.70, 0.50], "c": [0.1, 0.2, 0.3, 0.4]})
+    # a wins repeats 0 and 3, b repeat 1, a and b tie in repeat 2 and share it.
+    assert shares == pytest.approx({"a": 2.5 / 4, "b": 1.5 / 4, "c": 0.0})

@@ -79,10 +79,25 @@ def variant_row(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def rank_first(per_repeat: dict[str, list[float]]) -> dict[str, float]:
+    """Rank stability: the share of repeats in which each variant has the best test score
+    (ties share the repeat). With one repeat it is 1 for the winner and says little."""
+    repeats = min(len(v) for v in per_repeat.values())
+    wins = dict.fromkeys(per_repeat, 0.0)
+    for r in range(repeats):
+        top = max(v[r] for v in per_repeat.values())
+        winners = [n for n, v in per_repeat.items() if v[r] == top]
+        for n in winners:
+            wins[n] += 1 / len(winners)
+    return {n: w / repeats for n, w in wins.items()}
+
+
 def study_metrics(study: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The study table: ``per_variant`` maps each variant to its evaluations, one per repeat."""
     rows = {name: variant_row(m) for name, m in per_variant.items()}
     best = max(rows, key=lambda n: rows[n]["test_dice"] if rows[n]["test_dice"] is not None else float("-inf"))
+    for name, share in rank_first({n: r["test_dice_per_repeat"] for n, r in rows.items()}).items():
+        rows[name]["ranked_first"] = share
     return {"study": study["name"], "baseline": study["baseline"], "best_variant": best,
             "repeats": min(r["repeats"] for r in rows.values()), "variants": rows}
 
