@@ -92,14 +92,16 @@ def rank_first(per_repeat: dict[str, list[float]]) -> dict[str, float]:
     return {n: w / repeats for n, w in wins.items()}
 
 
-def study_metrics(study: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The study table: ``per_variant`` maps each variant to its evaluations, one per repeat."""
+def study_metrics(study: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]],
+                  sweep: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The study table: ``per_variant`` maps each variant to its evaluations, one per repeat;
+    ``sweep`` the grid point of each sweep variant (:func:`seglab.config.sweep_points`)."""
     rows = {name: variant_row(m) for name, m in per_variant.items()}
     best = max(rows, key=lambda n: rows[n]["test_dice"] if rows[n]["test_dice"] is not None else float("-inf"))
     for name, share in rank_first({n: r["test_dice_per_repeat"] for n, r in rows.items()}).items():
         rows[name]["ranked_first"] = share
     return {"study": study["name"], "baseline": study["baseline"], "best_variant": best,
-            "repeats": min(r["repeats"] for r in rows.values()), "variants": rows}
+            "repeats": min(r["repeats"] for r in rows.values()), "sweep": sweep or {}, "variants": rows}
 
 
 def learning_curves(histories: dict[tuple[str, int, int], Path]) -> pd.DataFrame:

@@ -284,6 +284,34 @@ def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
     }
 
 
+def sweep_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the sweep table: each grid point's values, test Dice ± run-to-run sd, rank share."""
+    points = metrics.get("sweep") or {}
+    keys = list(next(iter(points.values()))) if points else []
+    rows = []
+    for name, point in points.items():
+        row = metrics["variants"][name]
+        rows.append([name, *[str(point[k]) for k in keys], _fmt(row["test_dice"]),
+                     _cell("test_dice_repeat_sd", row["test_dice_repeat_sd"]), _fmt(row["cv_dice_mean"]),
+                     _fmt(row.get("ranked_first"))])
+    return ["variant", *keys, "test Dice", "± run-to-run sd", "CV Dice", "ranked first"], rows
+
+
+def sweep_html(metrics: dict[str, Any], figs: "Figures") -> list[str]:
+    points = metrics.get("sweep") or {}
+    if not points:
+        return []
+    head, rows = sweep_rows(metrics)
+    table = ("<table class=sweep><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    out = ["<h2>Sweep</h2>", f"<p>{len(points)} grid points; test Dice is the mean over repeats of each repeat's fold "
+           "ensemble. Which differences are real: see the significance section.</p>", table]
+    if len(next(iter(points.values()))) <= 2:
+        scores = {n: metrics["variants"][n]["test_dice"] for n in points}
+        out.append(figs.add("sweep_heatmap", figures.sweep_heatmap(points, scores, "test Dice"), "sweep heat map of test Dice"))
+    return out
+
+
 def _repeats_fact(repeats: int) -> str:
     if repeats > 1:
         return (f"{repeats} repeats of the cross-validation (own folds and training seeds each): every ± run-to-run sd "
@@ -319,6 +347,7 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 "over repeats with its run-to-run sd and the value per repeat, and each fold model alone. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
                 "class is absent from both truth and prediction scores 1 for that class. Best value per column in bold.</p>",
                 table_html(table),
+                *sweep_html(metrics, figs),
                 "<h2>Significance against the baseline</h2>",
                 significance_html(inputs.comparisons),
                 "<h2>Metrics</h2><div class=grid>",
@@ -366,16 +395,22 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
         sections.append("<h2>Verification problems</h2><ul>" + "".join(
             f"<li>{html.escape(p['file'])}: {html.escape(p['problem'])}</li>" for p in verify["problems"]) + "</ul>")
     (out_dir / "index.html").write_text(_page(study["study"]["name"], "\n".join(sections)))
-    (out_dir / "summary.md").write_text(_markdown(facts, table, inputs.comparisons))
+    (out_dir / "summary.md").write_text(_markdown(facts, table, inputs.comparisons, metrics))
 
 
-def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str, Any] | None) -> str:
+def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str, Any] | None,
+              metrics: dict[str, Any] | None = None) -> str:
     lines = [f"# seglab study: {facts['study']}", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts.items() if k != "study"]
     lines += ["", "## Variants", "", table_markdown(table), "",
-              "CV: mean ± sd (95% CI) over folds of the best-epoch validation score. Pooled OOF: all out-of-fold "
-              "predictions scored together. Test: fold ensemble on the held-out test set.", "",
-              "## Significance against the baseline", ""]
+              "CV: mean ± sd (95% CI) over every repeat's folds of each fold's validation score at its best epoch, "
+              "chosen on that same fold; ± run-to-run sd: over repeats. Pooled OOF: all out-of-fold predictions scored "
+              "together. Test: each repeat's fold ensemble on the held-out test set, mean over repeats.", ""]
+    if metrics and metrics.get("sweep"):
+        head, rows = sweep_rows(metrics)
+        lines += ["## Sweep", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    lines += ["## Significance against the baseline", ""]
     lines += significance_markdown(comparisons) + [""]
     return "\n".join(lines)
 

@@ -217,3 +217,29 @@ def confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
     ax.set_title(title, fontsize=9)
     fig.colorbar(shown, ax=ax, fraction=0.046)
     return to_png(fig)
+
+
+def sweep_heatmap(points: dict[str, dict[str, Any]], scores: dict[str, float], label: str) -> bytes:
+    """Score over a one- or two-key sweep grid: rows the first key's values, columns the second's."""
+    keys = list(next(iter(points.values())))
+    rows = list(dict.fromkeys(p[keys[0]] for p in points.values()))
+    cols = list(dict.fromkeys(p[keys[1]] for p in points.values())) if len(keys) > 1 else [None]
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for name, point in points.items():
+        col = cols.index(point[keys[1]]) if len(keys) > 1 else 0
+        value = scores.get(name)
+        grid[rows.index(point[keys[0]]), col] = np.nan if value is None else value
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.4 + 0.6 * len(rows)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white" if value < np.nanmean(grid) else "black")
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_ylabel(keys[0])
+    if len(keys) > 1:
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+        ax.set_xlabel(keys[1])
+    else:
+        ax.set_xticks([])
+    fig.colorbar(image, ax=ax, label=label)
+    return to_png(fig)
