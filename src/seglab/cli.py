@@ -179,7 +179,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from .aggregate import learning_curves, study_metrics
-    from .config import sweep_points
     from .tracking import open_tracker
 
     cfg = read_json(args.config)
@@ -188,7 +187,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         variant, repeat = layout.eval_of(path)
         per_variant.setdefault(variant, {})[repeat] = read_json(path)
     metrics = study_metrics(cfg["study"], {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()},
-                            sweep_points(cfg["sweep"]))
+                            dict(cfg["sweep"]["points"]))
     _write_json(Path(args.metrics), metrics)
     curves = learning_curves({layout.run_of(path): Path(path) for path in args.histories})
     Path(args.curves).parent.mkdir(parents=True, exist_ok=True)

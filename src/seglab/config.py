@@ -161,6 +161,9 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
 
     defaults_raw = raw.get("defaults") or {}
     variants = {**cfg["variants"], **_sweep_variants(cfg, source)}
+    # The grid points as [name, {key: value}] pairs: a list keeps the file's order of keys and
+    # names through the sorted JSON of the stage configs, so later stages never rename them.
+    cfg["sweep"]["points"] = [[name, point] for name, point in sweep_points(cfg["sweep"]).items()]
     if not variants:
         raise ConfigError(f"{source}: key 'variants': no variant to run. Add one (e.g. variants: {{baseline: {{}}}}) "
                           "or a sweep.grid.")
