@@ -168,13 +168,13 @@ def test_mlflow_records_every_run_of_the_study(project):
     assert len(by_name) == len(runs), "a run was recorded twice"
     for variant in ("scratch", "colorized"):
         parent = by_name[variant].info.run_id
-        children = {f"{variant}-fold0", f"{variant}-fold1", f"{variant}-evaluate"}
+        children = {f"{variant}-r0-fold0", f"{variant}-r0-fold1", f"{variant}-r0-evaluate"}
         assert children <= set(by_name)
         assert all(by_name[c].data.tags["mlflow.parentRunId"] == parent for c in children)
         assert by_name[variant].info.status == "FINISHED" and "test_dice" in by_name[variant].data.metrics
 
     commit = sh(project, "git", "rev-parse", "HEAD~1").stdout.strip()  # the commit the study ran from
-    fold = by_name["scratch-fold1"]
+    fold = by_name["scratch-r0-fold1"]
     tags, params = fold.data.tags, fold.data.params
     assert tags["seglab.commit"] == commit and tags["seglab.device"] == "cpu"
     assert {"seglab.config_hash", "seglab.data_hash", "seglab.splits_hash"} <= set(tags)
@@ -187,7 +187,7 @@ def test_mlflow_records_every_run_of_the_study(project):
     artifacts = {a.path for folder in ("", "plots", "config") for a in client.list_artifacts(fold.info.run_id, folder or None)}
     assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= artifacts
 
-    evaluation = by_name["scratch-evaluate"]
+    evaluation = by_name["scratch-r0-evaluate"]
     assert evaluation.data.tags["snakemake.rule"] == "evaluate"
     assert {"test_dice", "test_dice_1", "test_iou_1", "test_fold0_dice", "cv_val_dice_mean"} <= set(evaluation.data.metrics)
     artifacts = {a.path for folder in ("", "plots") for a in client.list_artifacts(evaluation.info.run_id, folder or None)}
@@ -200,7 +200,7 @@ def test_mlflow_records_every_run_of_the_study(project):
     # What the MLflow UI shows: a model-training experiment, each run's dataset and its stage.
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
     raw = (project / "data" / "raw" / "builtin-lesions").as_uri()
-    for name, stage, context in (("scratch-fold1", "train", "training"), ("scratch-evaluate", "evaluate", "testing"),
+    for name, stage, context in (("scratch-r0-fold1", "train", "training"), ("scratch-r0-evaluate", "evaluate", "testing"),
                                  ("scratch", "evaluate", "training"), (pretrain.info.run_name, "pretrain", "training")):
         run = by_name[name]
         assert run.data.tags["mlflow.source.name"] == f"seglab {stage}", name

@@ -59,10 +59,10 @@ def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
-    assert {"scratch", "colorized", "scratch-fold0", "scratch-fold1", "colorized-fold0", "colorized-fold1"} <= set(by_name)
+    assert {"scratch", "colorized", "scratch-r0-fold0", "scratch-r0-fold1", "colorized-r0-fold0", "colorized-r0-fold1"} <= set(by_name)
     assert any(name.startswith("pretrain-") for name in by_name)
     assert len(runs) == len(by_name), "a run was recorded twice"
-    fold = by_name["scratch-fold1"]
+    fold = by_name["scratch-r0-fold1"]
     assert fold.data.tags["mlflow.parentRunId"] == by_name["scratch"].info.run_id
     assert fold.data.tags["seglab.commit"] and fold.data.tags["seglab.config_hash"]
     assert fold.data.params["loss.name"] == "bce" and fold.info.status == "FINISHED"
