@@ -219,7 +219,7 @@ def test_exp_run_changes_one_key_and_reruns_only_what_depends_on_it(project):
     assert mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/*/weights.pt") == data_before
     models_after = mtimes(project, "results/models/*/r*/fold*/best.pt")
     assert models_after.keys() == models_before.keys() and all(models_after[k] != models_before[k] for k in models_before)
-    history = pd.read_csv(project / "results" / "models" / "scratch" / "fold0" / "history.csv")
+    history = pd.read_csv(project / "results" / "models" / "scratch" / "r0" / "fold0" / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
 
     diff = json.loads(sh(project, "dvc", "params", "diff", "--json").stdout)
