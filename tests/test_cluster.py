@@ -112,14 +112,14 @@ def test_a_parallel_study_records_every_run_metric_and_artifact_once_on_the_serv
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     names = sorted(r.info.run_name for r in runs)
-    expected = ["scratch", "scratch-evaluate", "scratch-fold0", "scratch-fold1"]
+    expected = ["scratch", "scratch-r0-evaluate", "scratch-r0-fold0", "scratch-r0-fold1"]
     print(f"server: {len(runs)} runs ({names}), expected {expected}")
     assert names == expected  # every run, none twice
     assert all(r.info.status == "FINISHED" for r in runs)
     by_name = {r.info.run_name: r for r in runs}
     epochs = cluster_study()["defaults"]["train"]["epochs"]
     history_points = 0
-    for fold in ("scratch-fold0", "scratch-fold1"):
+    for fold in ("scratch-r0-fold0", "scratch-r0-fold1"):
         run = by_name[fold]
         assert run.data.tags["mlflow.parentRunId"] == by_name["scratch"].info.run_id
         for key in ("train_loss", "val_loss", "val_dice", "lr"):
@@ -131,7 +131,7 @@ def test_a_parallel_study_records_every_run_metric_and_artifact_once_on_the_serv
         listed = {a.path for folder in (None, "plots", "config") for a in client.list_artifacts(run.info.run_id, folder)}
         assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= listed
         local = client.download_artifacts(run.info.run_id, "history.csv", str(local_run["dir"] / f"{fold}-download"))
-        fold_dir = local_run["dir"] / "results" / "models" / "scratch" / fold.split("-")[1]
+        fold_dir = local_run["dir"] / "results" / "models" / "scratch" / "r0" / fold.split("-")[-1]
         assert Path(local).read_bytes() == (fold_dir / "history.csv").read_bytes()
     evaluation = by_name["scratch-evaluate"]
     metrics = json.loads((local_run["dir"] / "results" / "metrics.json").read_text())

@@ -71,15 +71,15 @@ def test_two_studies_at_once_and_the_same_study_twice(tmp_path):
     for name in ("alpha", "beta"):
         runs = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", name).runs()
         by_key = {r.data.tags.get("seglab.key"): r for r in runs}
-        expected = {f"{name}/unet-bce", f"{name}/unet-bce/fold0", f"{name}/unet-bce/fold1"}
+        expected = {f"{name}/unet-bce", f"{name}/unet-bce/r0/fold0", f"{name}/unet-bce/r0/fold1"}
         assert expected <= set(by_key), sorted(by_key)
         assert all(by_key[k].info.status == "FINISHED" for k in expected)
         assert len(runs) == len(by_key), "no job added a duplicate run"
         for fold in (0, 1):
-            assert by_key[f"{name}/unet-bce/fold{fold}"].data.metrics["best_val_loss"] > 0
+            assert by_key[f"{name}/unet-bce/r0/fold{fold}"].data.metrics["best_val_loss"] > 0
 
     # Same seed, same config, same data on the CPU: the same numbers (timings aside).
-    alpha, beta = (json.loads((tmp_path / f"results-{n}" / "eval" / "unet-bce" / "metrics.json").read_text())
+    alpha, beta = (json.loads((tmp_path / f"results-{n}" / "eval" / "unet-bce" / "r0" / "metrics.json").read_text())
                    for n in ("alpha", "beta"))
     assert without_timing(alpha) == without_timing(beta)
     alpha, beta = (json.loads((tmp_path / f"results-{n}" / "metrics.json").read_text()) for n in ("alpha", "beta"))

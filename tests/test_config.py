@@ -14,6 +14,16 @@ def test_default_study_validates_and_resolves_variants():
     assert dice["model"] == cfg["variants"]["unet-bce"]["model"]  # only the loss differs
     assert cfg["variants"]["unet-bce-colorization"]["init"] == "colorization"
     assert cfg["split"]["folds"] == 3 and cfg["study"]["baseline"] == "unet-bce"
+    # Variance-aware by default: the verdicts test against the run-to-run variance of 2+ repeats.
+    assert cfg["split"]["repeats"] >= 2
+
+
+def test_repeats_stay_out_of_the_split_stage_config():
+    """Raising split.repeats must not touch the split file every existing job depends on."""
+    two, three = (stage_configs(validate(tiny_study(split={"folds": 2, "repeats": r}))) for r in (2, 3))
+    assert two["split.json"] == three["split.json"] and "repeats" not in two["split.json"]["split"]
+    assert all(two[k] == three[k] for k in two if k.startswith("variants/"))
+    assert two["study.json"] != three["study.json"]
 
 
 def test_defaults_are_filled_from_the_schema():

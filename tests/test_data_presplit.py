@@ -131,7 +131,7 @@ def test_snakemake_plans_one_training_per_variant_with_a_fixed_validation_folder
                           capture_output=True, text=True, timeout=300)
     plan = done.stdout + done.stderr
     assert done.returncode == 0, plan[-3000:]
-    assert "models/scratch/fold0/best.pt" in plan and "models/scratch/fold1/" not in plan
+    assert "models/scratch/r0/fold0/best.pt" in plan and "models/scratch/r0/fold1/" not in plan
 
 
 @pytest.mark.parametrize(("change", "says"), [

@@ -118,7 +118,7 @@ def test_kvasir_sample_through_snakemake(tmp_path: Path) -> None:
     # The study file as shipped, with run tracking off: these stages record nothing in MLflow.
     study = yaml.safe_load((CONFIGS / "kvasir-seg-sample.yaml").read_text())
     (project / "study.yaml").write_text(yaml.safe_dump({**study, "tracking": {"enabled": False}}))
-    target = "results/kvasir-seg-sample/data/splits.json"
+    target = "results/kvasir-seg-sample/data/splits/r0.json"
     result = run_snakemake(project, project / "study.yaml", target, env=seglab_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     splits = json.loads((project / target).read_text())

@@ -93,10 +93,10 @@ def test_repro_runs_the_study_and_locks_its_outputs(project):
 
 
 def test_second_repro_is_up_to_date(project):
-    before = mtimes(project, "results/models/*/fold*/best.pt")
+    before = mtimes(project, "results/models/*/r*/fold*/best.pt")
     out = sh(project, "dvc", "repro").stdout
     assert "didn't change, skipping" in out and "up to date" in out
-    assert mtimes(project, "results/models/*/fold*/best.pt") == before
+    assert mtimes(project, "results/models/*/r*/fold*/best.pt") == before
     assert sh(project, "dvc", "status", "--quiet", ok=False).returncode == 0
 
 
@@ -111,14 +111,14 @@ def test_metrics_and_plots_read_the_pipeline_files(project):
 
 def test_exp_run_changes_one_key_and_reruns_only_what_depends_on_it(project):
     data_before = mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/*/weights.pt")
-    models_before = mtimes(project, "results/models/*/fold*/best.pt")
+    models_before = mtimes(project, "results/models/*/r*/fold*/best.pt")
     run = sh(project, "dvc", "exp", "run", "-n", "three-epochs", "-S", "config.yaml:defaults.train.epochs=3")
     # DVC re-ran its stage; Snakemake then re-ran the trainings and what reads them, nothing upstream.
     assert job_counts(run.stdout + run.stderr) == {"train": 4, "evaluate": 2, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 10}
     assert mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/*/weights.pt") == data_before
-    models_after = mtimes(project, "results/models/*/fold*/best.pt")
+    models_after = mtimes(project, "results/models/*/r*/fold*/best.pt")
     assert models_after.keys() == models_before.keys() and all(models_after[k] != models_before[k] for k in models_before)
-    history = pd.read_csv(project / "results" / "models" / "scratch" / "fold0" / "history.csv")
+    history = pd.read_csv(project / "results" / "models" / "scratch" / "r0" / "fold0" / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
 
     diff = json.loads(sh(project, "dvc", "params", "diff", "--json").stdout)
@@ -136,10 +136,10 @@ def test_exp_run_with_tta_reruns_only_the_evaluation_and_changes_the_metrics(pro
     """evaluate.tta is a key like any other: DVC sees the params change and runs its stage;
     Snakemake re-evaluates (the flag is a rule param) and trains nothing."""
     before = read_metrics(project)
-    models_before = mtimes(project, "results/models/*/fold*/best.pt")
+    models_before = mtimes(project, "results/models/*/r*/fold*/best.pt")
     run = sh(project, "dvc", "exp", "run", "-n", "tta", "-S", "config.yaml:evaluate.tta=true")
     assert job_counts(run.stdout + run.stderr) == {"evaluate": 2, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 6}
-    assert mtimes(project, "results/models/*/fold*/best.pt") == models_before
+    assert mtimes(project, "results/models/*/r*/fold*/best.pt") == models_before
     after = read_metrics(project)
     changed = {}
     for variant in ("scratch", "colorized"):
@@ -159,7 +159,7 @@ def test_exp_run_with_tta_reruns_only_the_evaluation_and_changes_the_metrics(pro
 def test_a_second_study_reproduces_through_dvc_next_to_the_default_one(project):
     """The stage dvc.yaml documents for another study, added as a user would: its outs follow its
     own output_dir and dataset name, and the default study is left as it was."""
-    default_models = mtimes(project, "results/models/*/fold*/best.pt")
+    default_models = mtimes(project, "results/models/*/r*/fold*/best.pt")
     default_lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["study"]
     (project / "configs" / "studies").mkdir(parents=True)
     write_yaml(project / "configs" / "studies" / "second.yaml", second_study_config())
@@ -170,7 +170,7 @@ def test_a_second_study_reproduces_through_dvc_next_to_the_default_one(project):
     assert "Job stats" in run.stdout + run.stderr
     out = project / "results" / "studies" / "second"
     assert set(json.loads((out / "metrics.json").read_text())["variants"]) == {"dice"}
-    assert mtimes(project, "results/models/*/fold*/best.pt") == default_models
+    assert mtimes(project, "results/models/*/r*/fold*/best.pt") == default_models
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert lock["study"] == default_lock
@@ -206,7 +206,7 @@ def test_push_then_pull_on_a_fresh_clone_needs_no_rerun(project, tmp_path):
     out = sh(clone, "make", "pull", f"VENV={VENV_BIN.parent}", "STAMP=").stdout
     assert "pulled results marked up to date" in out
 
-    for pattern in ("data/raw/builtin-lesions/images/*", "results/models/*/fold*/best.pt", "results/pretrain/*/weights.pt"):
+    for pattern in ("data/raw/builtin-lesions/images/*", "results/models/*/r*/fold*/best.pt", "results/pretrain/*/weights.pt"):
         pulled = sorted(p.relative_to(clone) for p in clone.glob(pattern))
         assert pulled and pulled == sorted(p.relative_to(project) for p in project.glob(pattern)), pattern
         assert all((clone / p).read_bytes() == (project / p).read_bytes() for p in pulled)
@@ -215,7 +215,7 @@ def test_push_then_pull_on_a_fresh_clone_needs_no_rerun(project, tmp_path):
     assert "Nothing to be done" in dry.stdout + dry.stderr
     assert sh(clone, "dvc", "status", "--quiet", ok=False).returncode == 0
     # The second study came back too, and Snakemake sees it up to date as well.
-    assert sorted(p.relative_to(clone) for p in clone.glob("results/studies/second/models/*/fold*/best.pt"))
+    assert sorted(p.relative_to(clone) for p in clone.glob("results/studies/second/models/*/r*/fold*/best.pt"))
     dry = run_snakemake(clone, clone / "configs" / "studies" / "second.yaml", "-n", env=project_env(clone), cores=1)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "Nothing to be done" in dry.stdout + dry.stderr
@@ -300,7 +300,7 @@ def test_s3_remote_push_then_pull_on_a_fresh_clone(project, tmp_path):
         pulled = sum(p.stat().st_size for p in (clone / ".dvc" / "cache").rglob("*") if p.is_file())
         print(f"\nS3 remote: pushed {len(objects)} objects, {pushed / 1e6:.2f} MB in {push_s:.1f}s; "
               f"make pull {pulled / 1e6:.2f} MB into the clone's cache in {pull_s:.1f}s")
-        for pattern in ("results/models/*/fold*/best.pt", "results/pretrain/*/weights.pt"):
+        for pattern in ("results/models/*/r*/fold*/best.pt", "results/pretrain/*/weights.pt"):
             files = sorted(p.relative_to(clone) for p in clone.glob(pattern))
             assert files and all((clone / p).read_bytes() == (project / p).read_bytes() for p in files), pattern
         dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1")

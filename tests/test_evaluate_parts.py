@@ -34,8 +34,8 @@ def test_per_class_table_means_over_images():
 
 
 def test_stage_wall_times_sums_benchmarks_per_stage(tmp_path):
-    (tmp_path / "train/v").mkdir(parents=True)
-    for name, s in (("train/v/fold0.tsv", 2.5), ("train/v/fold1.tsv", 1.5), ("verify.tsv", 0.25)):
+    for name, s in (("train/v/r0/fold0.tsv", 2.5), ("train/v/r1/fold0.tsv", 1.5), ("verify.tsv", 0.25)):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"s": [s], "h:m:s": ["0:00:02"]}).to_csv(tmp_path / name, sep="\t", index=False)
     (tmp_path / "broken.tsv").write_text("")
     assert stage_wall_times(tmp_path) == {"train": 4.0, "verify": 0.25}

@@ -108,7 +108,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(data, reference, tmp
 
     # The same MLflow run continued: one run for the job, every epoch logged exactly once.
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
-    runs = [r for r in tracker.runs() if r.data.tags.get("seglab.key") == "tiny/unet-bce/fold0"]
+    runs = [r for r in tracker.runs() if r.data.tags.get("seglab.key") == "tiny/unet-bce/r0/fold0"]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     logged = tracker.client.get_metric_history(runs[0].info.run_id, "val_loss")
     ref_history = pd.read_csv(reference / "history.csv")

@@ -95,15 +95,83 @@ def test_cluster_bootstrap_is_wider_when_groups_are_correlated():
     assert by_group["high"] - by_group["low"] > 2 * (by_image["high"] - by_image["low"])
 
 
-def test_compare_marks_clear_difference_and_warns_when_data_is_thin():
+def test_corrected_repeated_cv_ttest_by_hand():
+    a = [[0.80, 0.78, 0.83], [0.79, 0.81, 0.82]]
+    b = [[0.76, 0.77, 0.78], [0.74, 0.79, 0.77]]
+    d = np.subtract(a, b).ravel()
+    ours = stats.corrected_repeated_cv_ttest(a, b, 0.5)
+    t = d.mean() / math.sqrt((1 / 6 + 0.5) * d.var(ddof=1))   # Bouckaert & Frank: 1/(R k) + n2/n1
+    assert ours["t"] == pytest.approx(t, rel=1e-12)
+    assert ours["p"] == pytest.approx(2 * sps.t.sf(abs(t), 5), rel=1e-12)
+    assert (ours["df"], ours["repeats"], ours["folds"]) == (5, 2, 3)
+    with pytest.raises(ValueError, match="same repeats and folds"):
+        stats.corrected_repeated_cv_ttest(a, [b[0]], 0.5)
+
+
+def test_hierarchical_bootstrap_is_deterministic_and_wider_with_run_to_run_spread():
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 0.02, size=(1, 30))
+    steady = 0.01 + image + rng.normal(0, 0.005, size=(3, 30))
+    jumpy = steady + np.array([[0.03], [-0.03], [0.0]])           # the repeats disagree by several points
+    one, two = stats.hierarchical_bootstrap(steady, seed=3), stats.hierarchical_bootstrap(steady, seed=3)
+    assert one == two
+    assert one["low"] < one["mean"] < one["high"] and one["repeats"] == 3 and one["run_variance_measured"]
+    wide = stats.hierarchical_bootstrap(jumpy, seed=3)
+    assert wide["mean"] == pytest.approx(one["mean"])
+    assert wide["high"] - wide["low"] > 3 * (one["high"] - one["low"]) and wide["p"] > one["p"]
+    # One repeat: the images alone; the run-to-run variance is not in it and the result says so.
+    single = stats.hierarchical_bootstrap(steady[:1], seed=3)
+    assert single["repeats"] == 1 and not single["run_variance_measured"] and single["df"] == pytest.approx(29)
+    # Groups: whole groups are resampled.
+    grouped = stats.hierarchical_bootstrap(steady, groups=np.repeat(list("abcdef"), 5), seed=3)
+    assert grouped["unit"] == "groups" and grouped["units"] == 6
+
+
+def _table(scores: list[float], ids: list[str], shift: float = 0.0) -> dict[str, float]:
+    return {i: v + shift for i, v in zip(ids, scores)}
+
+
+def test_compare_needs_both_tests_and_names_the_secondary_wilcoxon():
     ids = [f"i{k}" for k in range(12)]
-    per_image = {"base": dict(zip(ids, B)), "better": {i: v + 0.1 for i, v in zip(ids, B)}, "same": dict(zip(ids, B))}
-    folds = {"base": [0.7, 0.72, 0.71], "better": [0.8, 0.83, 0.81], "same": [0.7, 0.72, 0.71]}
+    per_image = {"base": [_table(B, ids), _table(B, ids, 0.002)],
+                 "better": [_table(B, ids, 0.1), _table(B, ids, 0.097)],
+                 "same": [_table(B, ids, 0.001), _table(B, ids, 0.0)]}
+    folds = {"base": [[0.70, 0.72, 0.71], [0.71, 0.70, 0.72]], "better": [[0.80, 0.83, 0.81], [0.82, 0.80, 0.81]],
+             "same": [[0.71, 0.71, 0.70], [0.70, 0.72, 0.71]]}
     result = stats.compare(per_image, folds, "base", all_pairs=True, test_train_ratio=0.5)
     rows = {(r["variant"], r["reference"]): r for r in result["comparisons"]}
     assert set(rows) == {("better", "base"), ("same", "base"), ("better", "same")}
-    assert rows[("better", "base")]["significant"]
-    assert not rows[("same", "base")]["significant"]
-    assert "not significant" in rows[("same", "base")]["sentence"]
-    assert "better is better" in rows[("better", "base")]["sentence"]
-    assert any("3 folds" in w for w in rows[("better", "base")]["warnings"])
+    assert result["repeats"] == 2
+    better, same = rows[("better", "base")], rows[("same", "base")]
+    assert better["test_significant"] and better["cv_significant"] and better["significant"]
+    assert "both agree: better is better" in better["sentence"]
+    assert not same["significant"] and "no evidence that the recipes differ" in same["sentence"]
+    assert "not measured" not in better["sentence"]
+    for row in rows.values():
+        assert row["repeats"] == 2 and row["folds"] == 3 and "wilcoxon_p_holm" in row
+
+
+def test_compare_with_one_repeat_says_run_to_run_variance_was_not_measured():
+    ids = [f"i{k}" for k in range(12)]
+    per_image = {"base": [_table(B, ids)], "better": [_table(B, ids, 0.1)], "same": [_table(B, ids)]}
+    folds = {"base": [[0.70, 0.72, 0.71, 0.7, 0.69]], "better": [[0.80, 0.83, 0.81, 0.8, 0.82]],
+             "same": [[0.70, 0.72, 0.71, 0.7, 0.69]]}
+    result = stats.compare(per_image, folds, "base", test_train_ratio=0.25)
+    rows = {r["variant"]: r for r in result["comparisons"]}
+    assert rows["better"]["significant"] and not rows["same"]["significant"]
+    for row in rows.values():
+        # Every sentence that says "significant" says, in the same sentence, what was not measured.
+        assert "run-to-run variance was not measured" in row["sentence"]
+        for clause in row["sentence"].split(";"):
+            if "significant at" in clause and "not significant" not in clause:
+                assert "run-to-run variance was not measured" in clause
+
+
+def test_compare_warns_when_data_is_thin():
+    ids = [f"i{k}" for k in range(6)]
+    per_image = {"base": [_table(B, ids)], "other": [_table(B, ids, 0.05)]}
+    folds = {"base": [[0.7, 0.72, 0.71]], "other": [[0.8, 0.83, 0.81]]}
+    row = stats.compare(per_image, folds, "base")["comparisons"][0]
+    assert any("6 paired test images" in w for w in row["warnings"])
+    assert any("3 fold scores" in w for w in row["warnings"])
+    assert "Caution:" in row["sentence"]

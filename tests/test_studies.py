@@ -37,6 +37,7 @@ CORE = {
     "augmentation-grid": ["vflip-0.5-blur-0.5"],
     "multiclass-colorization": ["colorization-augmented"],
     "unet-vs-resnet34": ["resnet34-unet-bce-combine1"],
+    "sweep-lr-augmentation": [],       # the sweep's grid points are variants of their own, always run
 }
 
 
@@ -82,7 +83,7 @@ def run_study(study: Path, folder: Path, keep: list[str] | None = None) -> tuple
 
 
 def summaries(out: Path, variant: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "models" / variant).glob("fold*/summary.json"))]
+    return [json.loads(p.read_text()) for p in sorted((out / "models" / variant).glob("r*/fold*/summary.json"))]
 
 
 @pytest.mark.e2e
@@ -93,12 +94,15 @@ def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None
     cfg, out = run_study(study, tmp_path, None if ALL_VARIANTS else CORE[study.stem])
 
     assert cfg["study"]["output_dir"] == f"results/studies/{study.stem}" and cfg["study"]["name"] == study.stem
+    from seglab.config import validate
+
     metrics = json.loads((out / "metrics.json").read_text())
-    assert sorted(metrics["variants"]) == sorted(cfg["variants"])
+    variants = validate(cfg)["variants"]  # listed and sweep-made variants
+    assert sorted(metrics["variants"]) == sorted(variants)
     assert (out / "report" / "index.html").stat().st_size > 0
-    for name in cfg["variants"]:
+    for name in variants:
         folds = summaries(out, name)
-        assert len(folds) == 2
+        assert len(folds) == 2 * cfg["split"].get("repeats", 1)
         for summary in folds:
             assert summary["params_trainable"] > 0 and summary["params_frozen"] >= 0
             assert 1 <= summary["best_epoch"] <= summary["epochs_run"] <= 2
@@ -113,14 +117,24 @@ def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None
         assert summaries(out, "mobilenet-frozen-then-finetuned")[0]["encoder_unfrozen_at_epoch"] == 1
         assert list((out / "pretrain").glob("*/weights.pt"))
     if study.stem == "augmentation-grid":
-        assert not (out / "models" / "no-augmentation" / "fold0" / "augmentation.png").exists()
-        assert (out / "models" / "vflip-0.5-blur-0.5" / "fold0" / "augmentation.png").stat().st_size > 0
+        assert not (out / "models" / "no-augmentation" / "r0" / "fold0" / "augmentation.png").exists()
+        assert (out / "models" / "vflip-0.5-blur-0.5" / "r0" / "fold0" / "augmentation.png").stat().st_size > 0
     if study.stem == "multiclass-colorization":
         # HW6 augments online (a new draw every epoch): as many samples per epoch as without it.
         augmented, scratch = summaries(out, "colorization-augmented")[0], summaries(out, "scratch")[0]
         assert augmented["train_samples_per_epoch"] == scratch["train_samples_per_epoch"]
-        assert (out / "models" / "colorization-augmented" / "fold0" / "augmentation.png").stat().st_size > 0
+        assert (out / "models" / "colorization-augmented" / "r0" / "fold0" / "augmentation.png").stat().st_size > 0
         assert augmented["init_tensors_loaded"] > 0
+    if study.stem == "sweep-lr-augmentation":
+        # Every grid point ran as a variant, with its repeats, and the report draws the grid.
+        assert set(metrics["sweep"]) == {"lr0.003_multiplier2", "lr0.003_multiplier3", "lr0.0003_multiplier2",
+                                         "lr0.0003_multiplier3"} <= set(metrics["variants"])
+        assert metrics["sweep"]["lr0.0003_multiplier3"] == {"optimizer.lr": 0.0003, "augmentation.multiplier": 3}
+        tripled, reference = summaries(out, "lr0.0003_multiplier3")[0], summaries(out, "reference")[0]
+        assert tripled["train_samples_per_epoch"] == 3 * reference["train_samples_per_epoch"]
+        assert all(metrics["variants"][v]["repeats"] == 2 for v in metrics["sweep"])
+        assert (out / "report" / "figures" / "sweep_heatmap.png").stat().st_size > 0
+        assert "<h2>Sweep</h2>" in (out / "report" / "index.html").read_text()
     if study.stem == "unet-vs-resnet34":
         summary, baseline = summaries(out, "resnet34-unet-bce-combine1")[0], summaries(out, "unet-ce")[0]
         # The report keeps the weights with the lowest validation loss and stops on it.
@@ -129,21 +143,22 @@ def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None
         # "combine" with n_aug 1: one augmented copy of each training image, added offline.
         assert summary["train_samples_per_epoch"] == 2 * baseline["train_samples_per_epoch"]
     if study.stem == "unet-ablation":
-        assert (out / "models" / "unet-dice-dropout-bn-aug" / "fold0" / "augmentation.png").is_file()
+        assert (out / "models" / "unet-dice-dropout-bn-aug" / "r0" / "fold0" / "augmentation.png").is_file()
 
 
 @pytest.mark.e2e  # Snakemake plans each whole study: 5-12 s a study
 @pytest.mark.parametrize("study", STUDIES, ids=[p.stem for p in STUDIES])
 def test_every_study_plans_its_whole_workflow(study: Path, tmp_path: Path) -> None:
     """The full study (every variant) validates and Snakemake plans every job of it."""
-    cfg = yaml.safe_load(study.read_text())
     done = run_snakemake(tmp_path, shrink(study, tmp_path), "-n")
     assert done.returncode == 0, done.stderr[-3000:]
     plan = done.stdout + done.stderr
     folds = 2
-    for variant in cfg["variants"]:
+    from seglab.config import load_config
+
+    for variant in load_config(study)["variants"]:  # listed and sweep-made variants
         for fold in range(folds):
-            assert f"models/{variant}/fold{fold}/best.pt" in plan, f"no training job planned for {variant} fold {fold}"
+            assert f"models/{variant}/r0/fold{fold}/best.pt" in plan, f"no training job planned for {variant} fold {fold}"
     assert "report/index.html" in plan
 
 

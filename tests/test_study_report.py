@@ -3,7 +3,8 @@
 The study has three variants on the built-in data: one epoch, six epochs, and an exact copy
 of the six-epoch variant. The data generator and CPU training are deterministic, so the
 copy gives identical per-image scores: its difference must be reported as not significant,
-while six epochs against one must be significant.
+while six epochs against one must be significant on the test set. The study has one repeat,
+so every verdict must say that run-to-run variance was not measured.
 """
 
 from __future__ import annotations
@@ -55,26 +56,29 @@ def test_clear_difference_is_significant_and_identical_variants_are_not(study):
     assert set(rows) == {("several-epochs", "one-epoch"), ("several-epochs-copy", "one-epoch"),
                          ("several-epochs", "several-epochs-copy")}
     clear, same = rows[("several-epochs", "one-epoch")], rows[("several-epochs", "several-epochs-copy")]
-    assert clear["significant"] and clear["bootstrap"]["mean"] > 0 and clear["bootstrap"]["low"] > 0
-    assert not same["significant"]
-    assert same["bootstrap"]["mean"] == 0.0 and same["p_holm"] == 1.0
-    # Two folds are too few for the fold-level test: the report must say so.
-    assert any("2 folds" in w for w in clear["warnings"])
+    assert clear["test_significant"] and clear["bootstrap"]["mean"] > 0 and clear["bootstrap"]["low"] > 0
+    assert not clear["run_variance_measured"]
+    assert not same["significant"] and not same["test_significant"]
+    assert same["bootstrap"]["mean"] == 0.0 and same["test_p_holm"] == 1.0
+    # Two fold scores are too few for the fold-level test: the report must say so.
+    assert any("2 fold scores" in w for w in clear["warnings"])
 
     html = (study / "results/report/index.html").read_text()
     summary = (study / "results/report/summary.md").read_text()
     for text in (html, summary):
-        assert re.search(r"several-epochs vs one-epoch: significant at α = 0\.05: several-epochs is better", text)
-        assert "several-epochs vs several-epochs-copy: not significant at α = 0.05" in text
+        assert re.search(r"several-epochs vs one-epoch: [^\n]*test set: significant at α = 0\.05 \(several-epochs is better\), "
+                         r"but run-to-run variance was not measured", text)
+        assert "several-epochs vs several-epochs-copy: no evidence that they differ; run-to-run variance was not measured" in text
+        assert "This study ran one repeat (split.repeats: 1): run-to-run variance was not measured" in text
     sig_rows = re.findall(r"<tr class=(sig|nosig)><td>([^<]+)</td><td>([^<]+)</td>", html)
-    assert ("sig", "several-epochs", "one-epoch") in sig_rows
     assert ("nosig", "several-epochs", "several-epochs-copy") in sig_rows
+    assert "not measured (1 repeat)" in html, "the run-to-run sd column says why it is empty"
 
 
 def test_out_of_fold_predictions_cover_each_training_image_once(study):
-    splits = json.loads((study / "results/data/splits.json").read_text())
+    splits = json.loads((study / "results/data/splits/r0.json").read_text())
     for variant in STUDY["variants"]:
-        folder = study / "results/eval" / variant
+        folder = study / "results/eval" / variant / "r0"
         oof = pd.read_csv(folder / "oof_per_image.csv", dtype={"id": str})
         assert sorted(oof["id"]) == sorted(i for fold in splits["folds"] for i in fold)
         for k, ids in enumerate(splits["folds"]):
@@ -82,7 +86,7 @@ def test_out_of_fold_predictions_cover_each_training_image_once(study):
         # The best checkpoint re-scored on its validation fold gives what training recorded.
         metrics = json.loads((folder / "metrics.json").read_text())
         for k in range(len(splits["folds"])):
-            summary = json.loads((study / f"results/models/{variant}/fold{k}/summary.json").read_text())
+            summary = json.loads((study / f"results/models/{variant}/r0/fold{k}/summary.json").read_text())
             assert metrics["oof"]["per_fold"][k]["dice"] == pytest.approx(summary["val_dice"], abs=1e-6)
         assert metrics["oof"]["pooled"]["dice"] == pytest.approx(oof["dice"].mean(), abs=1e-9)
         per_class = pd.read_csv(folder / "per_class.csv")
@@ -126,7 +130,7 @@ def test_report_shows_metric_and_loss_bars_and_each_variants_augmentation(study)
     assert "<h2>Augmentation (training samples as the network saw them, fold 0)</h2>" in html
     figures = study / "results/report/figures"
     for variant in STUDY["variants"]:  # the default augmentation (flips) applies to each
-        preview = study / "results/models" / variant / "fold0" / "augmentation.png"
+        preview = study / "results/models" / variant / "r0" / "fold0" / "augmentation.png"
         assert (figures / f"augmentation_{variant}.png").read_bytes() == preview.read_bytes()
         assert f'alt="augmented training samples {variant}"' in html
 

@@ -29,7 +29,7 @@ def test_report_and_metrics_are_written(finished_study):
     assert "| variant |" in (tmp / "results" / "report" / "summary.md").read_text()
     curves = pd.read_csv(tmp / "results" / "curves.csv")
     assert set(curves["variant"]) == {"scratch", "colorized"} and set(curves["fold"]) == {0, 1}
-    per_image = pd.read_csv(tmp / "results" / "eval" / "scratch" / "per_image.csv")
+    per_image = pd.read_csv(tmp / "results" / "eval" / "scratch" / "r0" / "per_image.csv")
     assert set(per_image["model"]) == {"fold0", "fold1", "ensemble"}
     assert (tmp / "results" / "pretrain").is_dir() and list((tmp / "results" / "pretrain").glob("*/samples.png"))
 
@@ -46,12 +46,12 @@ def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
     assert any(name.startswith("pretrain-") for name in by_name)
     for variant in ("scratch", "colorized"):
         parent = by_name[variant].info.run_id
-        children = {f"{variant}-fold0", f"{variant}-fold1", f"{variant}-evaluate"}
+        children = {f"{variant}-r0-fold0", f"{variant}-r0-fold1", f"{variant}-r0-evaluate"}
         assert children <= set(by_name)
         assert all(by_name[c].data.tags["mlflow.parentRunId"] == parent for c in children)
         assert by_name[variant].info.status == "FINISHED" and "test_dice" in by_name[variant].data.metrics
 
-    fold = by_name["scratch-fold1"]
+    fold = by_name["scratch-r0-fold1"]
     tags, params = fold.data.tags, fold.data.params
     assert fold.info.status == "FINISHED"
     assert tags["seglab.commit"] == finished_study.commit and tags["seglab.device"] == "cpu"
@@ -65,7 +65,7 @@ def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
     artifacts = {a.path for folder in ("", "plots", "config") for a in client.list_artifacts(fold.info.run_id, folder or None)}
     assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= artifacts
 
-    evaluation = by_name["scratch-evaluate"]
+    evaluation = by_name["scratch-r0-evaluate"]
     assert evaluation.data.tags["snakemake.rule"] == "evaluate"
     assert {"test_dice", "test_dice_1", "test_iou_1", "test_fold0_dice", "cv_val_dice_mean"} <= set(evaluation.data.metrics)
     artifacts = {a.path for folder in ("", "plots") for a in client.list_artifacts(evaluation.info.run_id, folder or None)}
@@ -78,7 +78,7 @@ def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
     # What the MLflow UI shows: a model-training experiment, each run's dataset and its stage.
     assert client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
     raw = (project / "data" / "raw" / "builtin-lesions").as_uri()
-    for name, stage, context in (("scratch-fold1", "train", "training"), ("scratch-evaluate", "evaluate", "testing"),
+    for name, stage, context in (("scratch-r0-fold1", "train", "training"), ("scratch-r0-evaluate", "evaluate", "testing"),
                                  ("scratch", "evaluate", "training"), (pretrain.info.run_name, "pretrain", "training")):
         run = by_name[name]
         assert run.data.tags["mlflow.source.name"] == f"seglab {stage}", name
@@ -120,4 +120,4 @@ def test_changing_one_variant_reruns_only_its_jobs(finished_study, tmp_path):
     # Only the changed variant's two folds, its evaluation and the study-level steps (aggregate,
     # compare, report) re-run.
     assert jobs == {"train": 2, "evaluate": 1, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 7}, jobs
-    assert "results/models/scratch/fold0/best.pt" in out and "results/models/colorized/fold0/best.pt" not in out.split("rule aggregate")[0]
+    assert "results/models/scratch/r0/fold0/best.pt" in out and "results/models/colorized/r0/fold0/best.pt" not in out.split("rule aggregate")[0]

@@ -1,4 +1,5 @@
-"""Study-level tables: one row per variant, CV mean ± sd and 95% CI, pooled OOF and test scores.
+"""Study-level tables: one row per variant, CV mean ± sd and 95% CI, pooled OOF and test scores,
+and the run-to-run sd over repeats.
 
 Writes ``metrics.json`` (what ``dvc metrics show`` displays) and ``curves.csv``
 (every fold's learning curve, what ``dvc plots show`` draws).
@@ -6,6 +7,7 @@ Writes ``metrics.json`` (what ``dvc metrics show`` displays) and ``curves.csv``
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -18,60 +20,106 @@ HEADLINE = ("dice", "iou", "pixel_accuracy", "precision", "recall")
 
 
 def _spread(values: list[float]) -> dict[str, Any]:
-    """Mean, sd and t-based 95% CI over folds (sd 0 and CI NaN for a single value)."""
+    """Mean, sd and t-based 95% CI (sd 0 and CI NaN for a single value)."""
     low, high = t_interval(values)
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
             "ci95_low": low, "ci95_high": high}
 
 
-def variant_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    cv, ensemble = metrics["cv"], metrics["test"]["ensemble"]
-    fold_models = sorted(k for k in metrics["test"] if k.startswith("fold"))
-    test_folds = [metrics["test"][k]["dice"] for k in fold_models]
-    row: dict[str, Any] = {}
+def _run_sd(values: list[float]) -> float | None:
+    """Run-to-run sd over repeats; None with one repeat (not measured, which is not zero)."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def variant_row(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's row from its evaluations, one per repeat (in repeat order).
+
+    CV scores pool every repeat's folds; the test scores are the mean over repeats of each
+    repeat's fold ensemble, with the run-to-run sd across repeats and the per-repeat values.
+    """
+    first = repeats[0]
+    row: dict[str, Any] = {"repeats": len(repeats)}
     for name in ("dice", "iou"):
-        spread = _spread(cv[f"val_{name}_per_fold"]) if f"val_{name}_per_fold" in cv else {}
-        row.update({f"cv_{name}_{k}": v for k, v in spread.items()})
-        row[f"cv_{name}_per_fold"] = cv.get(f"val_{name}_per_fold")
-    # Per-class CV IoU and Dice (mean over folds of each fold's best-epoch validation score):
-    # what shows a class the variant never learns (0 IoU on poles and signs) behind a good mean.
-    classes = metrics.get("classes") or []
+        key = f"val_{name}_per_fold"
+        per_repeat = [m["cv"][key] for m in repeats if key in m["cv"]]
+        if per_repeat:
+            row.update({f"cv_{name}_{k}": v for k, v in _spread([v for r in per_repeat for v in r]).items()})
+            row[f"cv_{name}_repeat_sd"] = _run_sd([statistics.fmean(r) for r in per_repeat])
+        row[f"cv_{name}_per_fold"] = [v for r in per_repeat for v in r] if per_repeat else None
+    # Per-class CV IoU and Dice (mean over repeats and folds of each fold's best-epoch validation
+    # score): what shows a class the variant never learns (0 IoU on poles and signs) behind a good mean.
+    classes = first.get("classes") or []
     for name in ("iou", "dice"):
-        row[f"cv_{name}_per_class"] = {
-            label: cv[f"val_{name}_{k}_mean"] for k, label in enumerate(classes) if f"val_{name}_{k}_mean" in cv}
-    oof = metrics.get("oof", {})
-    pooled = oof.get("pooled", {})
+        row[f"cv_{name}_per_class"] = {}
+        for k, label in enumerate(classes):
+            means = [m["cv"][f"val_{name}_{k}_mean"] for m in repeats if f"val_{name}_{k}_mean" in m["cv"]]
+            if means:
+                row[f"cv_{name}_per_class"][label] = statistics.fmean(means)
+    oofs = [m.get("oof", {}) for m in repeats]
+    oof_dice = [o["pooled"]["dice"] for o in oofs if "pooled" in o]
+    ensembles = [m["test"]["ensemble"] for m in repeats]
+    test_folds = [m["test"][k]["dice"] for m in repeats for k in sorted(m["test"]) if k.startswith("fold")]
+
+    def mean_of(key: str, scores: list[dict[str, Any]]) -> float | None:
+        values = [s[key] for s in scores if s.get(key) is not None and not math.isnan(s[key])]
+        return statistics.fmean(values) if values else None
+
     row.update({
-        "oof_dice": pooled.get("dice"), "oof_iou": pooled.get("iou"), "oof_dice_dataset": pooled.get("dice_dataset"),
-        "oof_images": oof.get("images"),
-        "oof_dice_per_fold": [f["dice"] for f in oof.get("per_fold", [])],
-        **{f"test_{k}": ensemble.get(k) for k in HEADLINE},
-        "test_hd95": ensemble.get("hd95"),
-        "test_dice_dataset": ensemble.get("dice_dataset"),
+        "oof_dice": statistics.fmean(oof_dice) if oof_dice else None,
+        "oof_iou": mean_of("iou", [o["pooled"] for o in oofs if "pooled" in o]),
+        "oof_dice_dataset": mean_of("dice_dataset", [o["pooled"] for o in oofs if "pooled" in o]),
+        "oof_images": oofs[0].get("images"),
+        "oof_dice_per_fold": [f["dice"] for o in oofs for f in o.get("per_fold", [])],
+        **{f"test_{k}": mean_of(k, ensembles) for k in HEADLINE},
+        "test_dice_repeat_sd": _run_sd([e["dice"] for e in ensembles]),
+        "test_dice_per_repeat": [e["dice"] for e in ensembles],
+        "test_hd95": mean_of("hd95", ensembles),
+        "test_dice_dataset": mean_of("dice_dataset", ensembles),
         "test_dice_folds": test_folds,
         **{f"test_dice_folds_{k}": v for k, v in _spread(test_folds).items()},
-        "test_tta": metrics.get("tta", False),
-        "params_trainable": metrics.get("params_trainable"),
-        "params_frozen": metrics.get("params_frozen"),
-        "train_seconds": round(metrics.get("train_seconds", 0.0), 1),
-        "best_epochs": metrics.get("best_epochs"),
-        "device": metrics.get("device"),
-        "run_ids": {"variant": metrics.get("variant_run_id"), "folds": metrics.get("run_ids")},
+        "test_tta": first.get("tta", False),
+        "params_trainable": first.get("params_trainable"),
+        "params_frozen": first.get("params_frozen"),
+        "train_seconds": round(sum(m.get("train_seconds", 0.0) for m in repeats), 1),
+        "best_epochs": [e for m in repeats for e in m.get("best_epochs") or []],
+        "device": first.get("device"),
+        "run_ids": {"variant": first.get("variant_run_id"), "folds": [i for m in repeats for i in m.get("run_ids") or []]},
     })
     return row
 
 
-def study_metrics(study: dict[str, Any], per_variant: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def rank_first(per_repeat: dict[str, list[float]]) -> dict[str, float]:
+    """Rank stability: the share of repeats in which each variant has the best test score
+    (ties share the repeat). With one repeat it is 1 for the winner and says little."""
+    repeats = min(len(v) for v in per_repeat.values())
+    wins = dict.fromkeys(per_repeat, 0.0)
+    for r in range(repeats):
+        top = max(v[r] for v in per_repeat.values())
+        winners = [n for n, v in per_repeat.items() if v[r] == top]
+        for n in winners:
+            wins[n] += 1 / len(winners)
+    return {n: w / repeats for n, w in wins.items()}
+
+
+def study_metrics(study: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]],
+                  sweep: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The study table: ``per_variant`` maps each variant to its evaluations, one per repeat;
+    ``sweep`` the grid point of each sweep variant (:func:`seglab.config.sweep_points`)."""
     rows = {name: variant_row(m) for name, m in per_variant.items()}
     best = max(rows, key=lambda n: rows[n]["test_dice"] if rows[n]["test_dice"] is not None else float("-inf"))
-    return {"study": study["name"], "baseline": study["baseline"], "best_variant": best, "variants": rows}
+    for name, share in rank_first({n: r["test_dice_per_repeat"] for n, r in rows.items()}).items():
+        rows[name]["ranked_first"] = share
+    return {"study": study["name"], "baseline": study["baseline"], "best_variant": best,
+            "repeats": min(r["repeats"] for r in rows.values()), "sweep": sweep or {}, "variants": rows}
 
 
-def learning_curves(histories: dict[tuple[str, int], Path]) -> pd.DataFrame:
+def learning_curves(histories: dict[tuple[str, int, int], Path]) -> pd.DataFrame:
+    """Every training run's history, keyed (variant, repeat, fold)."""
     frames = []
-    for (variant, fold), path in sorted(histories.items()):
+    for (variant, repeat, fold), path in sorted(histories.items()):
         frame = pd.read_csv(path)
         frame.insert(0, "fold", fold)
+        frame.insert(0, "repeat", repeat)
         frame.insert(0, "variant", variant)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -62,11 +62,12 @@ def cmd_split(args: argparse.Namespace) -> None:
         test_ids = read_test_list(test_file, split["test_key"])
     if "role" in manifest and manifest["role"].dropna().astype(str).ne("").any():
         # A pre-split dataset (dataset.folder.train/val/test): its folders are the split.
-        splits = make_presplit_splits(manifest, split["validation"], split["folds"], split["test_fraction"], split["seed"])
+        splits = make_presplit_splits(manifest, split["validation"], split["folds"], split["test_fraction"], split["seed"],
+                                      args.repeat)
     else:
-        splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids)
+        splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids, args.repeat)
     _write_json(Path(args.out), splits)
-    print(f"split: test {splits['counts']['test']} images ({splits['test_source']}), folds {splits['counts']['folds']}"
+    print(f"split (repeat {args.repeat}): test {splits['counts']['test']} images ({splits['test_source']}), folds {splits['counts']['folds']}"
           + (f", always trained on {splits['counts']['train']}" if "train" in splits else "")
           + (f", {len(splits['unlabelled'])} unlabelled for colorization" if splits.get("unlabelled") else ""))
     if splits["test_ids_missing"]:
@@ -111,10 +112,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = read_json(args.config)
     study, variant = cfg["study"]["name"], cfg["variant"]
     out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
-    tags = {"seglab.stage": "train", "seglab.variant": variant, "seglab.fold": args.fold,
+    repeat = splits["repeat"]
+    tags = {"seglab.stage": "train", "seglab.variant": variant, "seglab.repeat": repeat, "seglab.fold": args.fold,
             **input_tags(cfg, prepared, splits), **snakemake_tags(args.tag)}
-    fold = layout.fold_name(args.fold)
-    run = open_run(cfg["tracking"], study, f"{study}/{variant}/{fold}", f"{variant}-{fold}",
+    # One child run per repeat and fold under the variant's parent run.
+    run_key = f"{layout.repeat_name(repeat)}/{layout.fold_name(args.fold)}"
+    run = open_run(cfg["tracking"], study, f"{study}/{variant}/{run_key}", f"{variant}-{run_key.replace('/', '-')}",
                    parent_key=f"{study}/{variant}", tags=tags, command="train")
     run.log_params(config_params(cfg, prepared))
     record_dataset(run, cfg, prepared, "training")
@@ -140,14 +143,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
     checkpoints = [Path(c) for c in args.checkpoints]
     summaries = [read_json(s) for s in args.summaries]
-    tags = {"seglab.variant": variant, **input_tags(cfg, prepared, splits)}
+    repeat = splits["repeat"]
+    tags = {"seglab.variant": variant, "seglab.repeat": repeat, **input_tags(cfg, prepared, splits)}
     # The variant's parent run keeps the headline numbers for comparing variants, and its id
     # goes into metrics.json so the report links every number to its run.
     parent = open_run(cfg["tracking"], study, f"{study}/{variant}", variant,
                       tags={"seglab.stage": "variant", **tags}, monitor=False, command="evaluate")
     # Evaluation is its own child run, so re-evaluating (e.g. with --tta) is one record with its
     # own tags, beside the folds it evaluates.
-    run = open_run(cfg["tracking"], study, f"{study}/{variant}/evaluate", f"{variant}-evaluate",
+    repeat_key = layout.repeat_name(repeat)
+    run = open_run(cfg["tracking"], study, f"{study}/{variant}/{repeat_key}/evaluate", f"{variant}-{repeat_key}-evaluate",
                    parent_key=f"{study}/{variant}", tags={"seglab.stage": "evaluate", **tags, **snakemake_tags(args.tag)},
                    command="evaluate")
     run.log_params({**config_params(cfg, prepared), "tta": args.tta})
@@ -165,11 +170,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     metrics = _finish(run, work)
     parent.log_params(config_params(cfg, prepared))
-    parent.log_metrics({k: v for k, v in evaluation_metrics(metrics).items() if not k.startswith("test_fold")})
-    parent.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
+    # One step per repeat on the parent: MLflow then plots the headline numbers across repeats.
+    parent.log_metrics({k: v for k, v in evaluation_metrics(metrics).items() if not k.startswith("test_fold")}, step=repeat)
+    parent.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()}, step=repeat)
     record_variant_curves(parent, variant, [Path(h) for h in args.histories])
     ensemble = metrics["test"]["ensemble"]
-    print(f"{variant}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(checkpoints)} folds"
+    print(f"{variant} repeat {repeat}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(checkpoints)} folds"
           f"{', flip TTA' if args.tta else ''}); pooled out-of-fold Dice {metrics['oof']['pooled']['dice']:.4f}")
 
 
@@ -178,17 +184,24 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     from .tracking import open_tracker
 
     cfg = read_json(args.config)
-    per_variant = {layout.variant_of_eval(path): read_json(path) for path in args.evaluations}
-    metrics = study_metrics(cfg["study"], per_variant)
+    per_variant: dict[str, dict[int, Any]] = {}
+    for path in args.evaluations:
+        variant, repeat = layout.eval_of(path)
+        per_variant.setdefault(variant, {})[repeat] = read_json(path)
+    metrics = study_metrics(cfg["study"], {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()},
+                            dict(cfg["sweep"]["points"]))
     _write_json(Path(args.metrics), metrics)
-    curves = learning_curves({layout.fold_of(path): Path(path) for path in args.histories})
+    curves = learning_curves({layout.run_of(path): Path(path) for path in args.histories})
     Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
     curves.to_csv(args.curves, index=False)
     tracker = open_tracker(cfg["tracking"], cfg["study"]["name"])
     if tracker is not None:
         tracker.finish_parents()
     for name, row in metrics["variants"].items():
-        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}   test Dice {row['test_dice']:.4f}")
+        run_sd = row["test_dice_repeat_sd"]
+        spread = f" ± {run_sd:.4f} run-to-run over {row['repeats']} repeats" if run_sd is not None else \
+            " (one repeat: run-to-run sd not measured)"
+        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}   test Dice {row['test_dice']:.4f}{spread}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -198,7 +211,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     cfg = read_json(args.config)
     manifest = pd.read_csv(Path(args.prepared) / layout.MANIFEST, dtype={"id": str, "group": str})
-    result = run_compare(cfg, _eval_dirs(args.evaluations), manifest, read_json(args.splits),
+    result = run_compare(cfg, _eval_dirs_by_repeat(args.evaluations), manifest, read_json(args.splits),
                          Path(args.out), Path(args.csv))
     for row in result["comparisons"]:
         print(row["sentence"])
@@ -235,7 +248,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     cfg = read_json(args.config)
     models = Path(args.models)
-    folds = sorted(models.glob(f"{layout.fold_name('*')}/{layout.CHECKPOINT}"), key=lambda p: layout.fold_of(p)[1])
+    # A variant's folder holds every repeat's folds (all of them form the ensemble); a repeat's folder, its own.
+    pattern = f"{layout.fold_name('*')}/{layout.CHECKPOINT}"
+    found = list(models.glob(pattern)) or list(models.glob(f"{layout.repeat_name('*')}/{pattern}"))
+    folds = sorted(found, key=lambda p: layout.run_of(p)[1:])
     if args.fold is not None:
         folds = [p for p in folds if layout.fold_of(p)[1] == args.fold]
     if not folds:
@@ -273,8 +289,17 @@ def _finish(run: Any, work: Callable[[], Any]) -> Any:
 
 
 def _eval_dirs(metrics_files: list[str]) -> dict[str, Path]:
-    """Each variant's evaluation folder, from the metrics files the rule passes."""
+    """Each variant's evaluation folder, from the metrics files the rule passes (one repeat's)."""
     return {layout.variant_of_eval(path): Path(path).parent for path in metrics_files}
+
+
+def _eval_dirs_by_repeat(metrics_files: list[str]) -> dict[str, list[Path]]:
+    """Each variant's evaluation folders, in repeat order."""
+    found: dict[str, dict[int, Path]] = {}
+    for path in metrics_files:
+        variant, repeat = layout.eval_of(path)
+        found.setdefault(variant, {})[repeat] = Path(path).parent
+    return {variant: [by[r] for r in sorted(by)] for variant, by in found.items()}
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -325,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("split", cmd_split, "held-out test set and k folds")
     p.add_argument("--prepared", required=True)
     p.add_argument("--verify", required=True, help="verification report (gives the dataset root for split.test_file)")
+    p.add_argument("--repeat", type=int, default=0, help="which repeat's folds (repeat 0 uses split.seed)")
     p.add_argument("--out", required=True)
     for name, func, help in (("pretrain", cmd_pretrain, "colorization pretraining"),
                              ("train", cmd_train, "train one variant on one fold")):
@@ -367,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", help="folder of Snakemake benchmark TSVs (wall time per stage)")
     p = command("predict", cmd_predict, "apply a finished variant (fold ensemble or one fold) to a folder of images")
     p.add_argument("--prepared", required=True, help="the study's prepared data folder (size, policy, normalisation)")
-    p.add_argument("--models", required=True, help="the variant's folder of fold checkpoints, <output_dir>/models/<variant>")
+    p.add_argument("--models", required=True, help="the variant's folder, <output_dir>/models/<variant> (every repeat's "
+                   "folds), or one repeat's, <output_dir>/models/<variant>/r<repeat>")
     p.add_argument("--images", required=True, help="folder of images to segment")
     p.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
     p.add_argument("--fold", type=int, help="use this fold's model only (default: the fold ensemble)")

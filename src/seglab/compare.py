@@ -1,8 +1,8 @@
 """The compare stage: gather the paired numbers from the evaluation files and run seglab.stats.
 
-Inputs: each variant's ``per_image.csv`` (test Dice of the fold ensemble per image) and
-``metrics.json`` (per-fold out-of-fold Dice), the manifest (groups) and the splits (fold
-sizes). Output: ``comparisons.json`` (everything, with a sentence per comparison) and
+Inputs: per variant and repeat, ``per_image.csv`` (test Dice of that repeat's fold ensemble
+per image) and ``metrics.json`` (per-fold out-of-fold Dice); the manifest (groups) and the
+splits (fold sizes, the same in every repeat). Output: ``comparisons.json`` (everything, with a sentence per comparison) and
 ``comparisons.csv`` (one flat row per comparison, for people and spreadsheets).
 """
 
@@ -33,33 +33,39 @@ def real_groups(manifest: pd.DataFrame) -> dict[str, str] | None:
     return dict(zip(manifest["id"].astype(str), manifest["group"].astype(str)))
 
 
-def gather(eval_dirs: dict[str, Path]) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
-    per_image, folds = {}, {}
-    for variant, folder in eval_dirs.items():
-        table = pd.read_csv(folder / layout.PER_IMAGE, dtype={"id": str})
-        ensemble = table[table["model"] == "ensemble"]
-        per_image[variant] = dict(zip(ensemble["id"], ensemble["dice"].astype(float)))
-        metrics = json.loads((folder / layout.EVAL_METRICS).read_text())
-        folds[variant] = [float(f["dice"]) for f in metrics["oof"]["per_fold"]]
+def gather(eval_dirs: dict[str, list[Path]]) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[list[float]]]]:
+    """Per variant, one entry per repeat (in repeat order): {image id: ensemble test Dice} and the fold scores."""
+    per_image: dict[str, list[dict[str, float]]] = {}
+    folds: dict[str, list[list[float]]] = {}
+    for variant, folders in eval_dirs.items():
+        for folder in folders:
+            table = pd.read_csv(folder / layout.PER_IMAGE, dtype={"id": str})
+            ensemble = table[table["model"] == "ensemble"]
+            per_image.setdefault(variant, []).append(dict(zip(ensemble["id"], ensemble["dice"].astype(float))))
+            metrics = json.loads((folder / layout.EVAL_METRICS).read_text())
+            folds.setdefault(variant, []).append([float(f["dice"]) for f in metrics["oof"]["per_fold"]])
     return per_image, folds
 
 
 def flat_rows(result: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for r in result["comparisons"]:
+        boot, cv = r["bootstrap"], r["cv_ttest"]
         rows.append({
-            "variant": r["variant"], "reference": r["reference"], "images": r["images"], "folds": r["folds"],
-            "mean_dice_variant": r["mean_a"], "mean_dice_reference": r["mean_b"],
-            "diff_mean": r["bootstrap"]["mean"], "diff_ci95_low": r["bootstrap"]["low"],
-            "diff_ci95_high": r["bootstrap"]["high"], "bootstrap_unit": r["bootstrap"]["unit"],
-            "wilcoxon_p": r["wilcoxon"]["p"], "wilcoxon_p_holm": r["p_holm"],
-            "nb_t": r["nadeau_bengio"]["t"], "nb_p": r["nadeau_bengio"]["p"], "nb_p_holm": r["nb_p_holm"],
-            "significant": r["significant"], "warnings": " | ".join(r["warnings"]),
+            "variant": r["variant"], "reference": r["reference"], "repeats": r["repeats"], "folds": r["folds"],
+            "images": r["images"], "mean_dice_variant": r["mean_a"], "mean_dice_reference": r["mean_b"],
+            "test_diff_mean": boot["mean"], "test_diff_ci95_low": boot["low"], "test_diff_ci95_high": boot["high"],
+            "test_bootstrap_unit": boot["unit"], "test_df": boot["df"], "test_p": boot["p"], "test_p_holm": r["test_p_holm"],
+            "cv_diff_mean": cv["mean"], "cv_t": cv["t"], "cv_df": cv["df"], "cv_p": cv["p"], "cv_p_holm": r["cv_p_holm"],
+            "test_significant": r["test_significant"], "cv_significant": r["cv_significant"],
+            "significant": r["significant"], "run_variance_measured": r["run_variance_measured"],
+            "secondary_wilcoxon_repeat0_p": r["wilcoxon"]["p"], "secondary_wilcoxon_repeat0_p_holm": r["wilcoxon_p_holm"],
+            "warnings": " | ".join(r["warnings"]),
         })
     return pd.DataFrame(rows)
 
 
-def run_compare(study: dict[str, Any], eval_dirs: dict[str, Path], manifest: pd.DataFrame, splits: dict[str, Any],
+def run_compare(study: dict[str, Any], eval_dirs: dict[str, list[Path]], manifest: pd.DataFrame, splits: dict[str, Any],
                 out_json: Path, out_csv: Path) -> dict[str, Any]:
     per_image, folds = gather(eval_dirs)
     cfg = study["stats"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import posixpath
@@ -164,10 +165,17 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
     _check(cfg, load_schema(), source)
 
     defaults_raw = raw.get("defaults") or {}
+    variants = {**cfg["variants"], **_sweep_variants(cfg, source)}
+    # The grid points as [name, {key: value}] pairs: a list keeps the file's order of keys and
+    # names through the sorted JSON of the stage configs, so later stages never rename them.
+    cfg["sweep"]["points"] = [[name, point] for name, point in sweep_points(cfg["sweep"]).items()]
+    if not variants:
+        raise ConfigError(f"{source}: key 'variants': no variant to run. Add one (e.g. variants: {{baseline: {{}}}}) "
+                          "or a sweep.grid.")
     resolved: dict[str, Any] = {}
-    for name, override in cfg["variants"].items():
+    for name, override in variants.items():
         merged = deep_merge(defaults_raw, override or {})
-        where = f"variants.{name}" if override else "defaults"
+        where = "defaults" if not override else f"variants.{name}" if name in cfg["variants"] else "sweep.grid"
         _check(merged, _variant_schema(), source, prefix=where)
         _check_variant(merged, source, where)
         resolved[name] = merged
@@ -186,6 +194,41 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
             f"Use one of: {', '.join(resolved)}."
         )
     return cfg
+
+
+def sweep_points(sweep: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Variant name -> {dotted key: value} for every point of a sweep's grid, in grid order.
+
+    The name joins each key's last part and its value (``lr0.001_multiplier2``), so a variant
+    says what it is wherever it appears (paths, MLflow runs, the report).
+    """
+    grid = sweep["grid"]
+    if not grid:
+        return {}
+    points = {}
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        name = sweep["prefix"] + "_".join(f"{key.rsplit('.', 1)[-1]}{value}" for key, value in point.items())
+        points[name] = point
+    return points
+
+
+def _sweep_variants(cfg: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """The sweep's variants as overrides (nested dicts), refusing a name a listed variant has."""
+    out = {}
+    for name, point in sweep_points(cfg["sweep"]).items():
+        if name in cfg["variants"]:
+            raise ConfigError(f"{source}: key 'sweep.grid': it makes a variant named '{name}', which variants already has. "
+                              "Rename that variant or set sweep.prefix.")
+        override: dict[str, Any] = {}
+        for key, value in point.items():
+            *parents, leaf = key.split(".")
+            node = override
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        out[name] = override
+    return out
 
 
 # Project folders a study must not write into: the code and workflow (DVC's code dependency:
@@ -529,7 +572,8 @@ def stage_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "dataset.json": {"dataset": cfg["dataset"]},
         "prepare.json": {"dataset": cfg["dataset"], "verify": cfg["verify"], "preprocess": cfg["preprocess"]},
         # The split stage reads which folders a pre-split dataset gave (the roles in the manifest).
-        "split.json": {"split": cfg["split"]},
+        # Without split.repeats: raising it adds the new repeats' jobs and re-runs no existing one.
+        "split.json": {"split": {k: v for k, v in cfg["split"].items() if k != "repeats"}},
         "study.json": cfg,
     }
     run_common = {

@@ -243,6 +243,7 @@ def evaluate_variant(
     np.save(out_dir / layout.ENSEMBLE_PREDICTIONS, stack_label_maps(ensemble_labels))
     metrics = {
         "variant": variant["variant"],
+        "repeat": splits["repeat"],
         "test_images": len(test_ids),
         "tta": tta,
         "classes": classes,

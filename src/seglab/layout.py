@@ -3,9 +3,10 @@
 The Snakemake rules (``workflow/rules/common.smk``) build their inputs and outputs from
 ``StudyLayout``, and the library names the files it writes with the constants below, so
 a rule and the code behind it cannot disagree on a name. Paths are strings because
-Snakemake patterns are strings: ``StudyLayout("results").fold_dir("{variant}", "{fold}")``
-is the wildcard pattern ``results/models/{variant}/fold{fold}``. See docs/contracts.md
-for what each file holds.
+Snakemake patterns are strings: ``StudyLayout("results").fold_dir("{variant}", "{fold}", "{repeat}")``
+is the wildcard pattern ``results/models/{variant}/r{repeat}/fold{fold}``. Every training run
+lives under its variant, repeat and fold (``r0`` when a study has one repeat), and its
+evaluation under its variant and repeat. See docs/contracts.md for what each file holds.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def store_files(policy: str, max_side: int | None = None) -> tuple[str, ...]:
     return files if keeps_original_size(policy, max_side) else (*files, ORIGINAL_MASKS)
 FINGERPRINT = "fingerprint.json"
 
-# A trained fold (<out>/models/<variant>/fold<k>/) and a colorization pretraining
+# A trained fold (<out>/models/<variant>/r<repeat>/fold<k>/) and a colorization pretraining
 # (<out>/pretrain/<arch>/). Both keep a training history and a summary.
 CHECKPOINT = "best.pt"
 PRETRAINED = "weights.pt"
@@ -48,7 +49,7 @@ SUMMARY = "summary.json"
 AUGMENTATION_PREVIEW = "augmentation.png"
 COLORIZATION_SAMPLES = "samples.png"
 
-# A variant's evaluation (<out>/eval/<variant>/).
+# A variant's evaluation, one per repeat (<out>/eval/<variant>/r<repeat>/).
 PER_IMAGE = "per_image.csv"
 OOF_PER_IMAGE = "oof_per_image.csv"
 PER_CLASS = "per_class.csv"
@@ -67,6 +68,7 @@ def raw_dir(dataset_name: str) -> str:
 
 
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
+_REPEAT_DIR = re.compile(r"^r(\d+)$")
 
 
 def fold_name(fold: int | str) -> str:
@@ -74,23 +76,50 @@ def fold_name(fold: int | str) -> str:
     return f"fold{fold}"
 
 
+def repeat_name(repeat: int | str) -> str:
+    """The folder name of repeat ``repeat`` (``r0``, ...; ``r{repeat}`` as a wildcard)."""
+    return f"r{repeat}"
+
+
+def run_of(path: str | Path) -> tuple[str, int, int]:
+    """(variant, repeat, fold) of a fold folder or a file in one: ``.../<variant>/r<repeat>/fold<k>[/file]``."""
+    path = Path(path)
+    folder = path if _FOLD_DIR.match(path.name) else path.parent
+    fold, repeat = _FOLD_DIR.match(folder.name), _REPEAT_DIR.match(folder.parent.name)
+    if fold is None or repeat is None:
+        raise ValueError(f"{path}: not in a fold folder (<variant>/r<repeat>/fold<k>/)")
+    return folder.parent.parent.name, int(repeat.group(1)), int(fold.group(1))
+
+
 def fold_of(path: str | Path) -> tuple[str, int]:
-    """(variant, fold) of a fold folder or of a file in one: ``.../<variant>/fold<k>[/file]``."""
+    """(variant, fold) of a fold folder or of a file in one: ``.../<variant>/r<repeat>/fold<k>[/file]``
+    (see :func:`run_of` for the repeat); a fold folder outside a repeat folder names its parent."""
     path = Path(path)
     folder = path if _FOLD_DIR.match(path.name) else path.parent
     match = _FOLD_DIR.match(folder.name)
     if match is None:
-        raise ValueError(f"{path}: not in a fold folder (<variant>/fold<k>/)")
+        raise ValueError(f"{path}: not in a fold folder (<variant>/r<repeat>/fold<k>/)")
+    parent = folder.parent
+    variant = parent.parent.name if _REPEAT_DIR.match(parent.name) else parent.name
+    return variant, int(match.group(1))
+
+
+def eval_of(path: str | Path) -> tuple[str, int]:
+    """(variant, repeat) of a file of ``<out>/eval/<variant>/r<repeat>/``."""
+    folder = Path(path).parent
+    match = _REPEAT_DIR.match(folder.name)
+    if match is None:
+        raise ValueError(f"{path}: not in an evaluation folder (eval/<variant>/r<repeat>/)")
     return folder.parent.name, int(match.group(1))
 
 
 def variant_of_eval(path: str | Path) -> str:
-    """The variant a file of ``<out>/eval/<variant>/`` belongs to."""
-    return Path(path).parent.name
+    """The variant a file of ``<out>/eval/<variant>/r<repeat>/`` belongs to."""
+    return eval_of(path)[0]
 
 
 def eval_file(metrics_file: str | Path, name: str) -> Path:
-    """Another file of the same evaluation as ``metrics_file`` (``eval/<variant>/metrics.json``)."""
+    """Another file of the same evaluation as ``metrics_file`` (``eval/<variant>/r<repeat>/metrics.json``)."""
     return Path(metrics_file).parent / name
 
 
@@ -130,24 +159,29 @@ class StudyLayout:
     def verify_report(self) -> str:
         return f"{self.root}/data/verify.json"
 
+    def splits_file(self, repeat: int | str) -> str:
+        """Test set (the same for every repeat) and the folds of repeat ``repeat``."""
+        return f"{self.root}/data/splits/{repeat_name(repeat)}.json"
+
     @property
     def splits(self) -> str:
-        return f"{self.root}/data/splits.json"
+        """Repeat 0's splits: the test set and training pool every stage shares."""
+        return self.splits_file(0)
 
     def pretrain_dir(self, arch: str) -> str:
         return f"{self.root}/pretrain/{arch}"
 
-    def fold_dir(self, variant: str, fold: int | str) -> str:
-        return f"{self.root}/models/{variant}/{fold_name(fold)}"
+    def fold_dir(self, variant: str, fold: int | str, repeat: int | str = 0) -> str:
+        return f"{self.root}/models/{variant}/{repeat_name(repeat)}/{fold_name(fold)}"
 
-    def fold_file(self, variant: str, fold: int | str, name: str) -> str:
-        return f"{self.fold_dir(variant, fold)}/{name}"
+    def fold_file(self, variant: str, fold: int | str, name: str, repeat: int | str = 0) -> str:
+        return f"{self.fold_dir(variant, fold, repeat)}/{name}"
 
-    def eval_dir(self, variant: str) -> str:
-        return f"{self.root}/eval/{variant}"
+    def eval_dir(self, variant: str, repeat: int | str = 0) -> str:
+        return f"{self.root}/eval/{variant}/{repeat_name(repeat)}"
 
-    def eval_file(self, variant: str, name: str) -> str:
-        return f"{self.eval_dir(variant)}/{name}"
+    def eval_file(self, variant: str, name: str, repeat: int | str = 0) -> str:
+        return f"{self.eval_dir(variant, repeat)}/{name}"
 
     @property
     def metrics(self) -> str:

@@ -38,6 +38,7 @@ from .resumable import RESUME_DIR, fit_resumable, resume_key
 from .resume import ResumeStore
 from .runtime import seed_everything
 from .schedule import build_schedule
+from .seeds import training_seed
 from .tracking import NullRun, Run
 
 
@@ -103,7 +104,7 @@ def train_fold(
     """
     run = run or NullRun()
     study = variant["study"]
-    seed = study["seed"] + fold
+    seed = training_seed(variant, splits["repeat"], fold)
     seed_everything(seed, study["deterministic"])
     execution = Execution.for_study(study)
     device = execution.device
@@ -141,7 +142,7 @@ def train_fold(
     unfreeze_at = cfg_train["unfreeze_at_epoch"] if cfg_train["freeze_encoder"] else None
 
     run.log_params({
-        "fold": fold, "seed": seed, "device": device.type, "train_images": len(train_ids),
+        "fold": fold, "repeat": splits["repeat"], "seed": seed, "device": device.type, "train_images": len(train_ids),
         "train_samples_per_epoch": len(train_set), "val_images": len(val_ids), "loader_workers": workers,
         "precision": str(execution.dtype or torch.float32).removeprefix("torch."), "channels_last": execution.channels_last,
         "transferred_tensors": init["loaded"], **params,
@@ -184,7 +185,7 @@ def train_fold(
     best = next(r for r in history if r["epoch"] == selector.best_epoch)
     pd.DataFrame(history).to_csv(out_dir / layout.HISTORY, index=False)
     summary = {
-        "variant": variant["variant"], "fold": fold, "best_epoch": selector.best_epoch,
+        "variant": variant["variant"], "repeat": splits["repeat"], "fold": fold, "seed": seed, "best_epoch": selector.best_epoch,
         "epochs_run": len(history), "train_seconds": round(seconds, 2), "device": device.type,
         **params, "init": init["init"], "init_tensors_loaded": init["loaded"],
         "encoder_frozen": cfg_train["freeze_encoder"], "encoder_unfrozen_at_epoch": unfreeze_at,

@@ -38,6 +38,8 @@ LOGS = L.logs
 VARIANTS = list(CFG["variants"])
 # One fold per split.folds, or the one fixed validation folder of a pre-split dataset.
 FOLDS = list(range(fold_count(CFG)))
+# Repeated cross-validation: every repeat has its own folds and training seeds (r0 with one).
+REPEATS = list(range(CFG["split"]["repeats"]))
 RAW = layout.raw_dir(CFG["dataset"]["name"])
 PREPARED = L.prepared
 
@@ -116,19 +118,19 @@ def pretrain_samples():
     return [f"{d}/{layout.COLORIZATION_SAMPLES}" for d in dirs]
 
 
-def fold_files(variant, name):
-    """File ``name`` of every fold of ``variant`` (a wildcard or a name), in fold order."""
-    return [L.fold_file(variant, k, name) for k in FOLDS]
+def fold_files(variant, name, repeat):
+    """File ``name`` of every fold of ``variant`` in ``repeat`` (wildcards or names), in fold order."""
+    return [L.fold_file(variant, k, name, repeat) for k in FOLDS]
 
 
 def get_fold_files(name):
-    """Input function: file ``name`` of every fold of the job's variant."""
-    return lambda wildcards: fold_files(wildcards.variant, name)
+    """Input function: file ``name`` of every fold of the job's variant and repeat."""
+    return lambda wildcards: fold_files(wildcards.variant, name, wildcards.repeat)
 
 
-def eval_files(name):
-    """File ``name`` of every variant's evaluation."""
-    return [L.eval_file(v, name) for v in VARIANTS]
+def eval_files(name, repeats=None):
+    """File ``name`` of every variant's evaluation, for every repeat (or those given)."""
+    return [L.eval_file(v, name, r) for v in VARIANTS for r in (REPEATS if repeats is None else repeats)]
 
 
 def final_outputs():

@@ -45,13 +45,18 @@ rule preprocess:
 
 
 rule split:
+    # One file per repeat: the same test set, the repeat's own folds. Raising split.repeats
+    # adds files; split.json leaves repeats out, so the existing ones stay untouched.
     output:
-        splits=L.splits,
+        splits=L.splits_file("{repeat}"),
     input:
         config=f"{STAGE}/split.json",
         manifest=rules.preprocess.output.manifest,
         verify=rules.verify.output.report,
     log:
-        f"{LOGS}/split.log",
+        f"{LOGS}/split/r{{repeat}}.log",
+    wildcard_constraints:
+        repeat=r"\d+",
     shell:
-        "{SEGLAB} split --config {input.config} --prepared {PREPARED} --verify {input.verify} --out {output.splits} > {log} 2>&1"
+        "{SEGLAB} split --config {input.config} --prepared {PREPARED} --verify {input.verify}"
+        " --repeat {wildcards.repeat} --out {output.splits} > {log} 2>&1"

@@ -10,7 +10,7 @@ rule pretrain:
     input:
         config=f"{STAGE}/pretrain/{{arch}}.json",
         prepared=rules.preprocess.output,
-        splits=rules.split.output.splits,
+        splits=L.splits,
     log:
         f"{LOGS}/pretrain/{{arch}}.log",
     benchmark:

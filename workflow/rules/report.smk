@@ -18,12 +18,13 @@ rule report:
         curves=rules.aggregate.output.curves,
         comparisons=rules.compare.output.json,
         prepared=rules.preprocess.output,
-        splits=rules.split.output.splits,
+        splits=L.splits,
         verify=rules.verify.output.report,
-        evaluations=eval_files(layout.EVAL_METRICS),
-        per_image=eval_files(layout.PER_IMAGE),
-        per_class=eval_files(layout.PER_CLASS),
-        predictions=eval_files(layout.ENSEMBLE_PREDICTIONS),
+        # Figures of test images show repeat 0's ensembles; the tables cover every repeat (metrics).
+        evaluations=eval_files(layout.EVAL_METRICS, [0]),
+        per_image=eval_files(layout.PER_IMAGE, [0]),
+        per_class=eval_files(layout.PER_CLASS, [0]),
+        predictions=eval_files(layout.ENSEMBLE_PREDICTIONS, [0]),
         pretrain_samples=pretrain_samples(),
     params:
         # Not inputs: train writes augmentation.png only for variants that augment, as an extra

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..seeds import derived_seed
 from .io import DataError
 
 
@@ -66,13 +67,16 @@ def read_test_list(path: Path, key: str | None) -> list[str]:
 
 
 def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: int,
-                test_ids: list[str] | None = None) -> dict[str, Any]:
+                test_ids: list[str] | None = None, repeat: int = 0) -> dict[str, Any]:
     """Return ``{"test": [ids], "folds": [[ids], ...], ...}``; deterministic for a seed.
 
     The test set is ``test_ids`` when given (the dataset's own test list; ids not in
     the manifest are listed under ``test_ids_missing``), else a grouped, stratified
-    ``test_fraction`` of the images.
+    ``test_fraction`` of the images drawn with ``seed``. The folds of repeat ``repeat`` are
+    drawn with its own seed (:func:`seglab.seeds.derived_seed`; repeat 0 uses ``seed``):
+    repeats of a study share the test set and differ in their folds.
     """
+    fold_seed = derived_seed(seed, repeat)
     ids = manifest["id"].astype(str).to_numpy()
     groups = manifest["group"].astype(str).to_numpy()
     strata = _strata(manifest, bins=4)
@@ -94,12 +98,14 @@ def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: 
     rest = ~np.isin(ids, test)
     if rest.sum() < folds:
         raise DataError(f"only {int(rest.sum())} images are left for {folds} folds after the test set. Lower split.folds.")
-    cv = _group_folds(ids[rest], strata[rest], groups[rest], folds, seed)
+    cv = _group_folds(ids[rest], strata[rest], groups[rest], folds, fold_seed)
     if any(len(f) == 0 for f in cv):
         raise DataError("a cross-validation fold came out empty. Lower split.folds or add images.")
     fg = _foreground(manifest).to_numpy()
     return {
         "seed": seed,
+        "repeat": repeat,
+        "fold_seed": fold_seed,
         "test_source": source,
         "test_fraction": test_fraction if source == "fraction" else round(len(test) / len(ids), 6),
         "test": test,
@@ -111,7 +117,7 @@ def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: 
 
 
 def make_presplit_splits(manifest: pd.DataFrame, validation: str, folds: int, test_fraction: float,
-                         seed: int) -> dict[str, Any]:
+                         seed: int, repeat: int = 0) -> dict[str, Any]:
     """Splits of a pre-split dataset, from the manifest's ``role`` column, used as given.
 
     The test set is the test folder (else a grouped ``test_fraction`` of train + val). With
@@ -128,7 +134,7 @@ def make_presplit_splits(manifest: pd.DataFrame, validation: str, folds: int, te
         pool = labelled[labelled["role"] != "val"]
         test = ids_of["test"] or make_splits(pool, 2, test_fraction, seed)["test"]
         train = sorted(set(ids_of["train"]) - set(test))
-        out = {"seed": seed, "test_source": "folder" if ids_of["test"] else "fraction",
+        out = {"seed": seed, "repeat": repeat, "fold_seed": seed, "test_source": "folder" if ids_of["test"] else "fraction",
                "test_fraction": round(len(test) / max(len(labelled), 1), 6), "test": test,
                "folds": [ids_of["val"]], "train": train,
                "counts": {"test": len(test), "folds": [len(ids_of["val"])], "train": len(train)},
@@ -137,7 +143,7 @@ def make_presplit_splits(manifest: pd.DataFrame, validation: str, folds: int, te
         ids = labelled["id"].astype(str).to_numpy()
         out["foreground_fraction"] = {"test": _mean(fg, ids, test), "folds": [_mean(fg, ids, ids_of["val"])]}
     else:
-        out = make_splits(labelled, folds, test_fraction, seed, ids_of["test"] or None)
+        out = make_splits(labelled, folds, test_fraction, seed, ids_of["test"] or None, repeat)
         if ids_of["test"]:
             out["test_source"] = "folder"
     out["validation"] = validation

@@ -26,13 +26,18 @@ from . import figures
 
 # (key in the study table, header, which value is best). "ci" and list columns are formatted, never marked.
 COLUMNS = [
-    ("cv_dice_mean", "CV Dice", "max"), ("cv_dice_sd", "± sd", "min"), ("cv_dice_ci", "CV Dice 95% CI", None),
+    ("repeats", "repeats", None),
+    ("cv_dice_mean", "CV Dice (best epoch chosen on the same fold)", "max"), ("cv_dice_sd", "± sd over folds", "min"),
+    ("cv_dice_repeat_sd", "± run-to-run sd", "min"), ("cv_dice_ci", "CV Dice 95% CI", None),
     ("cv_iou_mean", "CV IoU", "max"), ("oof_dice", "pooled OOF Dice", "max"),
-    ("test_dice", "test Dice (ensemble)", "max"), ("test_iou", "test IoU", "max"),
-    ("test_dice_folds", "test Dice per fold", None), ("test_pixel_accuracy", "test pixel acc.", "max"),
+    ("test_dice", "test Dice (ensemble, mean over repeats)", "max"), ("test_dice_repeat_sd", "± run-to-run sd", "min"),
+    ("test_dice_per_repeat", "test Dice per repeat", None), ("ranked_first", "ranked first (share of repeats)", "max"),
+    ("test_iou", "test IoU", "max"),
+    ("test_dice_folds_sd", "sd of single-model test Dice", "min"),
+    ("test_dice_folds", "test Dice per fold model", None), ("test_pixel_accuracy", "test pixel acc.", "max"),
     ("test_hd95", "test HD95 (px)", "min"), ("params_trainable", "trainable params", None),
     ("params_frozen", "frozen params", None), ("train_seconds", "train time (s)", "min"),
-    ("best_epochs", "best epoch per fold", None),
+    ("best_epochs", "best epoch per run", None),
 ]
 RADAR = [("test_dice", "Dice"), ("test_iou", "IoU"), ("test_precision", "precision"), ("test_recall", "recall"),
          ("test_pixel_accuracy", "pixel acc."), ("oof_dice", "OOF Dice")]
@@ -77,6 +82,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(key: str, value: Any) -> str:
+    """A table cell; a run-to-run sd of one repeat reads "not measured", never blank or zero."""
+    if key.endswith("_repeat_sd") and (value is None or (isinstance(value, float) and np.isnan(value))):
+        return "not measured (1 repeat)"
+    return _fmt(value)
+
+
 def variant_table(metrics: dict[str, Any]) -> pd.DataFrame:
     table = pd.DataFrame(metrics["variants"]).T
     table["cv_dice_ci"] = [f"{_fmt(lo)} – {_fmt(hi)}" for lo, hi in zip(table["cv_dice_ci95_low"], table["cv_dice_ci95_high"])]
@@ -104,7 +116,7 @@ def table_html(table: pd.DataFrame) -> str:
         cells = []
         for key, _, _ in COLUMNS:
             value = row.get(key)
-            cells.append(f"<td{' class=best' if _is_best(best, key, value) else ''}>{_fmt(value)}</td>")
+            cells.append(f"<td{' class=best' if _is_best(best, key, value) else ''}>{_cell(key, value)}</td>")
         rows.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
     return f"<table class=variants><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -116,25 +128,33 @@ def table_markdown(table: pd.DataFrame) -> str:
     for name, row in table.iterrows():
         cells = []
         for key, _, _ in COLUMNS:
-            text = _fmt(row.get(key))
+            text = _cell(key, row.get(key))
             cells.append(f"**{text}**" if _is_best(best, key, row.get(key)) else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-SIG_COLUMNS = ["variant", "vs", "images", "mean Dice diff", "95% CI (bootstrap)", "Wilcoxon p", "Holm p",
-               "NB t-test p (folds)", "NB Holm p", "significant"]
+SIG_COLUMNS = ["variant", "vs", "repeats × folds", "test images", "mean test Dice diff",
+               "95% CI (hierarchical bootstrap)", "test Holm p", "CV fold Dice diff", "CV Holm p (corrected t-test)",
+               "verdict", "secondary: Wilcoxon Holm p (repeat 0's two models)"]
+
+
+def _verdict_cell(r: dict[str, Any]) -> str:
+    measured = r.get("run_variance_measured", False)
+    if r["significant"]:
+        return "SIGNIFICANT" + ("" if measured else " (run-to-run variance not measured)")
+    return "not significant" + ("" if measured else " (run-to-run variance not measured)")
 
 
 def significance_rows(comparisons: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in comparisons["comparisons"]:
-        boot = r["bootstrap"]
-        rows.append([r["variant"], r["reference"], str(r["images"]), f"{boot['mean']:+.4f}",
-                     f"{boot['low']:+.4f} to {boot['high']:+.4f} ({boot['units']} {boot['unit']})",
-                     f"{r['wilcoxon']['p']:.4g}", f"{r['p_holm']:.4g}",
-                     f"{r['nadeau_bengio']['p']:.4g} ({r['folds']})", f"{r['nb_p_holm']:.4g}",
-                     "SIGNIFICANT" if r["significant"] else "not significant"])
+        boot, cv = r["bootstrap"], r["cv_ttest"]
+        rows.append([r["variant"], r["reference"], f"{r['repeats']} × {r['folds']}", str(r["images"]),
+                     f"{boot['mean']:+.4f}",
+                     f"{boot['low']:+.4f} to {boot['high']:+.4f} ({boot['repeats']} repeats, {boot['units']} {boot['unit']})",
+                     f"{r['test_p_holm']:.4g}", f"{cv['mean']:+.4f}", f"{r['cv_p_holm']:.4g}", _verdict_cell(r),
+                     f"{r['wilcoxon_p_holm']:.4g}"])
     return rows
 
 
@@ -147,17 +167,29 @@ def significance_html(comparisons: dict[str, Any] | None) -> str:
         klass = "sig" if r["significant"] else "nosig"
         body.append(f"<tr class={klass}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     sentences = "".join(f"<li>{html.escape(r['sentence'])}</li>" for r in comparisons["comparisons"])
-    return (f"<p>Significance level α = {comparisons['alpha']} after Holm correction over "
-            f"{len(comparisons['comparisons'])} comparison(s). The decision uses the paired Wilcoxon signed-rank test "
-            "on per-image test Dice of the fold ensembles; the bootstrap CI is the effect size; the Nadeau–Bengio "
-            "corrected t-test over the out-of-fold fold scores is the cross-validation view.</p>"
+    return (f"<p>{html.escape(significance_method(comparisons))}</p>"
             f"<table class=significance><tr>{head}</tr>{''.join(body)}</table><ul class=verdicts>{sentences}</ul>")
+
+
+def significance_method(comparisons: dict[str, Any]) -> str:
+    """How the verdicts were reached, in words, with the run-to-run caveat when it applies."""
+    text = (f"Significance level α = {comparisons['alpha']} after Holm correction over "
+            f"{len(comparisons['comparisons'])} comparison(s), per test. A difference is called significant when both "
+            "tests agree: on the test set, a hierarchical bootstrap that resamples repeats and then test images "
+            "(one fold ensemble per variant and repeat); in cross-validation, the corrected repeated k-fold t-test "
+            "(Nadeau–Bengio correction as in Bouckaert & Frank) over every repeat's fold scores. The Wilcoxon "
+            "signed-rank p-value is secondary: it compares two fitted models (repeat 0's ensembles) on these test "
+            "images, not the two recipes.")
+    if comparisons.get("repeats", 0) <= 1:
+        text += (" This study ran one repeat (split.repeats: 1): run-to-run variance was not measured, so no "
+                 "verdict here says whether a recipe beats another; set split.repeats to 2 or more for that.")
+    return text
 
 
 def significance_markdown(comparisons: dict[str, Any] | None) -> list[str]:
     if not comparisons or not comparisons["comparisons"]:
         return ["Only one variant: nothing to compare."]
-    lines = ["| " + " | ".join(SIG_COLUMNS) + " |", "|" + "---|" * len(SIG_COLUMNS)]
+    lines = [significance_method(comparisons), "", "| " + " | ".join(SIG_COLUMNS) + " |", "|" + "---|" * len(SIG_COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in significance_rows(comparisons)]
     lines += [""] + [f"- {r['sentence']}" for r in comparisons["comparisons"]]
     return lines
@@ -251,6 +283,8 @@ def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
         "verification": f"{verify['pairs_ok']} of {verify['pairs_found']} pairs usable, {len(verify['problems'])} problem(s)",
         "splits": f"test {len(inputs.splits['test'])} images, {len(inputs.splits['folds'])} folds of "
                   f"{', '.join(str(len(f)) for f in inputs.splits['folds'])} (split seed {inputs.splits.get('seed')})",
+        "repeats": _repeats_fact(metrics.get("repeats", 1)),
+        **({"colorization pretraining images": _pretraining_images(inputs.splits)} if inputs.pretrain_dirs else {}),
         "class frequency": ", ".join(f"{n} {f:.3f}" for n, f in zip(fp["classes"], fp["class_frequency"])),
         "baseline": metrics["baseline"],
         "best variant (test Dice)": metrics["best_variant"],
@@ -265,6 +299,49 @@ def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
     }
 
 
+def sweep_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the sweep table: each grid point's values, test Dice ± run-to-run sd, rank share."""
+    points = metrics.get("sweep") or {}
+    keys = list(next(iter(points.values()))) if points else []
+    rows = []
+    for name, point in points.items():
+        row = metrics["variants"][name]
+        rows.append([name, *[str(point[k]) for k in keys], _fmt(row["test_dice"]),
+                     _cell("test_dice_repeat_sd", row["test_dice_repeat_sd"]), _fmt(row["cv_dice_mean"]),
+                     _fmt(row.get("ranked_first"))])
+    return ["variant", *keys, "test Dice", "± run-to-run sd", "CV Dice", "ranked first"], rows
+
+
+def sweep_html(metrics: dict[str, Any], figs: "Figures") -> list[str]:
+    points = metrics.get("sweep") or {}
+    if not points:
+        return []
+    head, rows = sweep_rows(metrics)
+    table = ("<table class=sweep><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    out = ["<h2>Sweep</h2>", f"<p>{len(points)} grid points; test Dice is the mean over repeats of each repeat's fold "
+           "ensemble. Which differences are real: see the significance section.</p>", table]
+    if len(next(iter(points.values()))) <= 2:
+        scores = {n: metrics["variants"][n]["test_dice"] for n in points}
+        out.append(figs.add("sweep_heatmap", figures.sweep_heatmap(points, scores, "test Dice"), "sweep heat map of test Dice"))
+    return out
+
+
+def _repeats_fact(repeats: int) -> str:
+    if repeats > 1:
+        return (f"{repeats} repeats of the cross-validation (own folds and training seeds each): every ± run-to-run sd "
+                "and every verdict below includes the variance between training runs")
+    return "1 (split.repeats: 1): run-to-run variance was not measured"
+
+
+def _pretraining_images(splits: dict[str, Any]) -> str:
+    """Which images colorization pretraining saw (without labels), said plainly."""
+    if splits.get("unlabelled"):
+        return f"the dataset's unlabelled pool ({len(splits['unlabelled'])} images); no validation or test image"
+    return ("every non-test image, without labels: the folds' validation images are among them (their labels never "
+            "are), so the CV scores of colorization variants may be slightly optimistic; no test image")
+
+
 def build_report(inputs: ReportInputs, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     study, metrics = inputs.study, inputs.metrics
@@ -277,12 +354,15 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 "<h2>At a glance</h2><table class=facts>" + "".join(
                     f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()) + "</table>",
                 "<h2>Variants</h2>",
-                "<p>CV: best-epoch validation score of each fold, mean ± sd and t-based 95% CI over folds. Pooled OOF: "
+                "<p>CV: each fold's validation score at its best epoch, chosen on that same fold (so slightly "
+                "optimistic), mean ± sd and t-based 95% CI over every repeat's folds; ± run-to-run sd: the sd over "
+                "repeats of the repeat means. Pooled OOF: "
                 "every fold's best checkpoint on its own validation fold, all out-of-fold images scored together. "
-                "Test: the fold ensemble (mean of the folds' probabilities) and each fold model on the held-out test "
-                "set. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
+                "Test: each repeat's fold ensemble (mean of its folds' probabilities) on the held-out test set, the mean "
+                "over repeats with its run-to-run sd and the value per repeat, and each fold model alone. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
                 "class is absent from both truth and prediction scores 1 for that class. Best value per column in bold.</p>",
                 table_html(table),
+                *sweep_html(metrics, figs),
                 "<h2>Significance against the baseline</h2>",
                 significance_html(inputs.comparisons),
                 "<h2>Metrics</h2><div class=grid>",
@@ -314,7 +394,7 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 f"confusion_{variant}", figures.confusion(np.array(variant_metrics["test_confusion"]),
                                                           variant_metrics["classes"], f"{variant}: test pixels"),
                 f"confusion matrix {variant}"))
-    sections.append("<h2>Sample predictions (test set, fold ensemble: best, median, worst)</h2>")
+    sections.append("<h2>Sample predictions (test set, repeat 0's fold ensemble: best, median, worst)</h2>")
     for variant, eval_dir in inputs.eval_dirs.items():
         rows = sample_rows(data, inputs.splits["test"], eval_dir)
         sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"samples_{variant}", figures.sample_grid(rows, data.num_classes), f"samples {variant}"))
@@ -330,16 +410,22 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
         sections.append("<h2>Verification problems</h2><ul>" + "".join(
             f"<li>{html.escape(p['file'])}: {html.escape(p['problem'])}</li>" for p in verify["problems"]) + "</ul>")
     (out_dir / "index.html").write_text(_page(study["study"]["name"], "\n".join(sections)))
-    (out_dir / "summary.md").write_text(_markdown(facts, table, inputs.comparisons))
+    (out_dir / "summary.md").write_text(_markdown(facts, table, inputs.comparisons, metrics))
 
 
-def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str, Any] | None) -> str:
+def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str, Any] | None,
+              metrics: dict[str, Any] | None = None) -> str:
     lines = [f"# seglab study: {facts['study']}", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts.items() if k != "study"]
     lines += ["", "## Variants", "", table_markdown(table), "",
-              "CV: mean ± sd (95% CI) over folds of the best-epoch validation score. Pooled OOF: all out-of-fold "
-              "predictions scored together. Test: fold ensemble on the held-out test set.", "",
-              "## Significance against the baseline", ""]
+              "CV: mean ± sd (95% CI) over every repeat's folds of each fold's validation score at its best epoch, "
+              "chosen on that same fold; ± run-to-run sd: over repeats. Pooled OOF: all out-of-fold predictions scored "
+              "together. Test: each repeat's fold ensemble on the held-out test set, mean over repeats.", ""]
+    if metrics and metrics.get("sweep"):
+        head, rows = sweep_rows(metrics)
+        lines += ["## Sweep", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    lines += ["## Significance against the baseline", ""]
     lines += significance_markdown(comparisons) + [""]
     return "\n".join(lines)
 

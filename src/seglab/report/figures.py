@@ -23,17 +23,36 @@ def to_png(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _runs(frame: pd.DataFrame) -> list[tuple[tuple[int | None, int], pd.DataFrame]]:
+    """The curves of each training run, in (repeat, fold) order; repeat None for curves without one."""
+    if "repeat" in frame:
+        return [((int(r), int(f)), run) for (r, f), run in frame.groupby(["repeat", "fold"], sort=True)]
+    return [((None, int(f)), run) for f, run in frame.groupby("fold", sort=True)]
+
+
 def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
-    """Train and validation loss of every fold of one variant in one figure."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for fold, frame in curves[curves["variant"] == variant].groupby("fold"):
-        line = ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"fold {fold} train")[0]
-        ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"fold {fold} val")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(variant)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    """Per training run (repeat and fold) of one variant: train and validation loss (left) and
+    the validation score per epoch (right; Dice for segmentation)."""
+    score = next((c for c in ("val_dice", "val_accuracy") if c in curves), None)
+    fig, axes = plt.subplots(1, 2 if score else 1, figsize=(9.6 if score else 5.2, 3.4), squeeze=False)
+    loss_ax = axes[0, 0]
+    for (repeat, fold), frame in _runs(curves[curves["variant"] == variant]):
+        name = f"fold {fold}" if repeat is None else f"r{repeat} fold {fold}"
+        line = loss_ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"{name} train")[0]
+        loss_ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"{name} val")
+        if score:
+            axes[0, 1].plot(frame["epoch"], frame[score], marker="o", ms=3, color=line.get_color(), label=name)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_title(variant)
+    loss_ax.legend(fontsize=7, ncol=2)
+    loss_ax.grid(alpha=0.3)
+    if score:
+        axes[0, 1].set_xlabel("epoch")
+        axes[0, 1].set_ylabel(score.replace("_", " "))
+        axes[0, 1].set_title(f"{variant}: validation score")
+        axes[0, 1].legend(fontsize=7, ncol=2)
+        axes[0, 1].grid(alpha=0.3)
     return to_png(fig)
 
 
@@ -42,7 +61,9 @@ def metric_bars(table: pd.DataFrame, metric: str = "dice") -> bytes:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(table)), 3.4))
     x = np.arange(len(table))
     ax.bar(x - 0.2, table[f"cv_{metric}_mean"], 0.4, yerr=table[f"cv_{metric}_sd"], capsize=4, label="CV (mean ± sd)")
-    ax.bar(x + 0.2, table[f"test_{metric}"], 0.4, label="test (fold ensemble)")
+    run_sd = table.get(f"test_{metric}_repeat_sd")
+    yerr = pd.to_numeric(run_sd, errors="coerce").fillna(0).to_numpy() if run_sd is not None else None
+    ax.bar(x + 0.2, table[f"test_{metric}"], 0.4, yerr=yerr, capsize=4, label="test (fold ensemble, mean ± run-to-run sd)")
     ax.set_xticks(x, table.index, rotation=20, ha="right")
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
@@ -131,7 +152,9 @@ def best_epoch_losses(curves: pd.DataFrame, best_epochs: dict[str, list[int]]) -
     rows = {}
     for variant, epochs in best_epochs.items():
         frame = curves[curves["variant"] == variant]
-        picked = [frame[(frame["fold"] == fold) & (frame["epoch"] == epoch)] for fold, epoch in enumerate(epochs or [])]
+        # best_epochs lists the runs in (repeat, fold) order, as the curves are sorted.
+        runs = [run for _, run in _runs(frame)]
+        picked = [run[run["epoch"] == epoch] for run, epoch in zip(runs, epochs or [])]
         picked = pd.concat([p for p in picked if len(p)]) if any(len(p) for p in picked) else frame.iloc[0:0]
         rows[variant] = {"train_loss": float(picked["train_loss"].mean()) if len(picked) else np.nan,
                          "val_loss": float(picked["val_loss"].mean()) if len(picked) else np.nan}
@@ -193,4 +216,30 @@ def confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.colorbar(shown, ax=ax, fraction=0.046)
+    return to_png(fig)
+
+
+def sweep_heatmap(points: dict[str, dict[str, Any]], scores: dict[str, float], label: str) -> bytes:
+    """Score over a one- or two-key sweep grid: rows the first key's values, columns the second's."""
+    keys = list(next(iter(points.values())))
+    rows = list(dict.fromkeys(p[keys[0]] for p in points.values()))
+    cols = list(dict.fromkeys(p[keys[1]] for p in points.values())) if len(keys) > 1 else [None]
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for name, point in points.items():
+        col = cols.index(point[keys[1]]) if len(keys) > 1 else 0
+        value = scores.get(name)
+        grid[rows.index(point[keys[0]]), col] = np.nan if value is None else value
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.4 + 0.6 * len(rows)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", color="white" if value < np.nanmean(grid) else "black")
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+    ax.set_ylabel(keys[0])
+    if len(keys) > 1:
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+        ax.set_xlabel(keys[1])
+    else:
+        ax.set_xticks([])
+    fig.colorbar(image, ax=ax, label=label)
     return to_png(fig)
