@@ -33,7 +33,7 @@ def one_error(capfd: pytest.CaptureFixture) -> str:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"split": {"folds": 3, "fold": 2}}, "unknown key 'split.fold'. Known keys here: folds, seed"),
+        ({"split": {"folds": 3, "fold": 2}}, "unknown key 'split.fold'. Known keys here: folds, repeats, seed"),
         ({"split": {"folds": 1}}, "key 'split.folds': 1 is less than the minimum of 2"),
         ({"defaults": {**TINY["defaults"], "optimizer": {"lr": -0.1}}}, "key 'defaults.optimizer.lr': -0.1 is less than or equal to the minimum of 0"),
         ({"defaults": {**TINY["defaults"], "train": {"epochs": "ten"}}}, "key 'defaults.train.epochs': 'ten' is not of type 'integer'"),

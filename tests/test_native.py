@@ -162,7 +162,7 @@ def test_test_scores_are_at_each_images_original_size(tmp_path, policy, max_side
     report = verify_dataset(KVASIR, cfg["dataset"], "fail")
     preprocess(report, 64, policy, tmp_path / "prepared", max_side)
     data = PreparedData(tmp_path / "prepared")
-    splits = {"test": [report["pairs"][0]["id"], report["pairs"][4]["id"]],
+    splits = {"repeat": 0, "test": [report["pairs"][0]["id"], report["pairs"][4]["id"]],
               "folds": [[p["id"] for p in report["pairs"][1:3]], [p["id"] for p in report["pairs"][3:4]]]}
     variant = {"study": cfg["study"], "tracking": cfg["tracking"], "variant": "v", **cfg["variants"]["v"]}
     summary = train_fold(variant, tmp_path / "prepared", splits, 0, tmp_path / "models" / "v" / "fold0")

@@ -127,10 +127,10 @@ def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None
         assert augmented["init_tensors_loaded"] > 0
     if study.stem == "sweep-lr-augmentation":
         # Every grid point ran as a variant, with its repeats, and the report draws the grid.
-        assert set(metrics["sweep"]) == {"lr0.003_multiplier2", "lr0.003_multiplier3", "lr0.0003_multiplier2",
-                                         "lr0.0003_multiplier3"} <= set(metrics["variants"])
-        assert metrics["sweep"]["lr0.0003_multiplier3"] == {"optimizer.lr": 0.0003, "augmentation.multiplier": 3}
-        tripled, reference = summaries(out, "lr0.0003_multiplier3")[0], summaries(out, "reference")[0]
+        assert set(metrics["sweep"]) == {"lr0.001_multiplier2", "lr0.001_multiplier3", "lr0.0001_multiplier2",
+                                         "lr0.0001_multiplier3"} <= set(metrics["variants"])
+        assert metrics["sweep"]["lr0.0001_multiplier3"] == {"optimizer.lr": 0.0001, "augmentation.multiplier": 3}
+        tripled, reference = summaries(out, "lr0.0001_multiplier3")[0], summaries(out, "reference")[0]
         assert tripled["train_samples_per_epoch"] == 3 * reference["train_samples_per_epoch"]
         assert all(metrics["variants"][v]["repeats"] == 2 for v in metrics["sweep"])
         assert (out / "report" / "figures" / "sweep_heatmap.png").stat().st_size > 0

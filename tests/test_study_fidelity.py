@@ -96,6 +96,14 @@ FIDELITY: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
            for v in ("resnet34-unet-bce", "resnet34-unet-bce-relu-output", "resnet34-unet-bce-combine1",
                      "resnet34-unet-bce-flip1", "resnet34-unet-bce-combine2", "resnet34-unet-bce-combine1-lr1e-4")},
     }),
+    # The same report's grid as a sweep: lr 1e-3/1e-4 x "combine" copies (n_aug 1 or 2), from lr 1e-3 without copies.
+    "sweep-lr-augmentation": ("oxford-pet-unet-vs-resnet34unet.md", {
+        ALL: {"init": "scratch", "optimizer.name": "adamw", "schedule.name": "none", "augmentation.mode": "offline",
+              "augmentation.policy": COMBINE, "train.batch_size": 15, "optimizer.lr": lambda lr: lr in (1e-3, 1e-4)},
+        "reference": {"optimizer.lr": 1e-3, "augmentation.multiplier": 1},
+        **{f"lr{lr}_multiplier{m}": {"optimizer.lr": lr, "augmentation.multiplier": m}
+           for lr in (0.001, 0.0001) for m in (2, 3)},
+    }),
 }
 # The augmentation and learning-rate grid of the Oxford-Pet report, and its ReLU output layer.
 GRID = FIDELITY["unet-vs-resnet34"][1]
