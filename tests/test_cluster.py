@@ -133,7 +133,7 @@ def test_a_parallel_study_records_every_run_metric_and_artifact_once_on_the_serv
         local = client.download_artifacts(run.info.run_id, "history.csv", str(local_run["dir"] / f"{fold}-download"))
         fold_dir = local_run["dir"] / "results" / "models" / "scratch" / "r0" / fold.split("-")[-1]
         assert Path(local).read_bytes() == (fold_dir / "history.csv").read_bytes()
-    evaluation = by_name["scratch-evaluate"]
+    evaluation = by_name["scratch-r0-evaluate"]
     metrics = json.loads((local_run["dir"] / "results" / "metrics.json").read_text())
     assert evaluation.data.metrics["test_dice"] == pytest.approx(metrics["variants"]["scratch"]["test_dice"])
     listed = {a.path for folder in (None, "plots") for a in client.list_artifacts(evaluation.info.run_id, folder)}
