@@ -21,7 +21,7 @@ run: $(STAMP)  ## the whole study on the built-in dataset (config.yaml)
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPUS)
 
 test: $(STAMP)  ## the test suite
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP)  ## the inner loop: everything but the whole-workflow (e2e) tests, under 2 minutes
 	$(BIN)/python -m pytest -q -m "not e2e" tests
