@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,16 @@ def new_project(root: Path, cfg: dict[str, Any]) -> Path:
     sh(root, "git", "init", "-q")
     commit(root, "the study")
     return root
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server the test started with start_new_session, by its process group (what it
+    spawned goes too): SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, snakemake_cmd, tiny_study, workflow_env, write_yaml
+from tests.helpers import (REPO, run_seglab, snakemake_cmd, stop_process, tiny_config, tiny_study, workflow_env,
+                           write_stage_configs, write_yaml)
 from tests.slurm_cluster import missing_reason, start_cluster
-from tests.helpers import run_seglab, tiny_config, write_stage_configs
 
 pytestmark = pytest.mark.e2e
 
@@ -63,26 +62,15 @@ def start_mlflow_server(root: Path, *extra: str, env: dict[str, str] | None = No
                 return server, uri
         except OSError:
             time.sleep(0.5)
-    stop(server)
+    stop_process(server)
     raise RuntimeError(f"mlflow server did not answer in 120 s:\n{(root / 'server.log').read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process the test started (and the session it leads) by its process id."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     process, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
     yield uri
-    stop(process)
+    stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +151,7 @@ def test_server_credentials_come_from_the_environment(tmp_path):
         assert accepted.returncode == 0, accepted.stderr[-2000:]
         assert "MLflow: experiment 'tiny'" in accepted.stdout
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def submitted_jobs(output: str) -> dict[str, Path]:

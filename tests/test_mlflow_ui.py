@@ -11,9 +11,7 @@ beside the test's files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from seglab.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, Tracker, experiment_url, open_run
+from tests.helpers import stop_process
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 VARIANTS = ("unet-bce", "unet-dice")
@@ -70,15 +69,6 @@ def wait_for(url: str, server: subprocess.Popen, timeout: float = 240.0) -> None
     pytest.fail(f"mlflow ui did not answer on {url} within {timeout:.0f} s")
 
 
-def stop(server: subprocess.Popen) -> None:
-    """Stop the server this test started, by its process group (uvicorn runs under it)."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=15)
 
 
 def chromium(tmp: Path, url: str, *action: str) -> subprocess.CompletedProcess:
@@ -131,7 +121,7 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs_table(tmp_path):
                 break
         shot = chromium(tmp_path, url, f"--screenshot={tmp_path / 'runs-table.png'}")
     finally:
-        stop(server)
+        stop_process(server)
 
     # The runs table, not the GenAI overview: its header, the variant runs, their dataset and source.
     assert "Run Name" in text and "Dataset" in text and "Source" in text, text[:2000]
