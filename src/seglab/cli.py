@@ -41,7 +41,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     cfg = read_json(args.config)
     start = time.perf_counter()
     fingerprint = preprocess(read_json(args.verify), cfg["preprocess"]["size"], cfg["preprocess"]["policy"], Path(args.out),
-                             cfg["preprocess"]["max_side"])
+                             cfg["preprocess"]["max_side"], cfg["preprocess"]["clahe"])
     at = "their own size" if fingerprint["policy"] == "native" else f"{fingerprint['size']}px"
     print(f"prepared {fingerprint['num_images']} images at {at} in {time.perf_counter() - start:.1f}s")
 

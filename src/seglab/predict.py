@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data.dataset import normalise
+from .data.contrast import equalise_contrast
 from .data.io import IMAGE_SUFFIXES, DataError, read_image
 from .data.preprocess import fit_native, fit_to_size, read_roi
 from .engine import Execution
@@ -48,10 +49,14 @@ def find_roi(folder: Path, image: Path) -> Path:
 
 
 def prepared_image(image: np.ndarray, fingerprint: dict[str, Any]) -> np.ndarray:
-    """The image as preprocessing prepared the training images (square fit, or native with its cap)."""
+    """The image as preprocessing prepared the training images (square fit, or native with its cap;
+    then the same contrast equalisation, if any)."""
+    blank = np.zeros(image.shape[:2], np.uint8)
     if fingerprint["policy"] == "native":
-        return fit_native(image, np.zeros(image.shape[:2], np.uint8), fingerprint["max_side"])[0]
-    return fit_to_size(image, np.zeros(image.shape[:2], np.uint8), int(fingerprint["size"]), fingerprint["policy"])[0]
+        fitted = fit_native(image, blank, fingerprint["max_side"])[0]
+    else:
+        fitted = fit_to_size(image, blank, int(fingerprint["size"]), fingerprint["policy"])[0]
+    return equalise_contrast(fitted, fingerprint.get("clahe"))  # older fingerprints lack the key: none
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import layout
+from .contrast import equalise_contrast
 from .io import IGNORE, DataError, decode_mask, intensity_range, read_image
 
 
@@ -132,8 +133,11 @@ class _BlobStore:
 
 
 def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: Path,
-               max_side: int | None = None) -> dict[str, Any]:
-    """Write the cache, manifest and fingerprint for the verified pairs; return the fingerprint."""
+               max_side: int | None = None, clahe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the cache, manifest and fingerprint for the verified pairs; return the fingerprint.
+
+    ``clahe`` (preprocess.clahe) equalises each fitted image's contrast before it is cached.
+    """
     pairs = verify_report["pairs"]
     classes = verify_report["classes"]
     num_classes = len(classes["names"])
@@ -158,6 +162,7 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         if pair.get("roi"):
             mask = np.where(read_roi(Path(pair["roi"]), mask.shape), mask, IGNORE).astype(np.uint8)
         img, msk = fit_native(image, mask, max_side) if policy == "native" else fit_to_size(image, mask, size, policy)
+        img = equalise_contrast(img, clahe)
         store.put(i, img, msk)
         n_pixels += msk.size
         original_offset = None
@@ -192,6 +197,8 @@ def preprocess(verify_report: dict[str, Any], size: int, policy: str, out_dir: P
         "size": size,
         "policy": policy,
         "max_side": max_side,
+        # Contrast equalisation applied to every image (and by `seglab predict` to new ones).
+        "clahe": clahe,
         # 16-bit datasets: the raw values mapped to 0..255 for every image alike (None: 8-bit data).
         "value_range": list(value_range) if value_range is not None else None,
         # Pixels outside a region of interest are IGNORE in the masks and background in predictions.
