@@ -188,6 +188,7 @@ def train_fold(
         "variant": variant["variant"], "repeat": splits["repeat"], "fold": fold, "seed": seed, "best_epoch": selector.best_epoch,
         "epochs_run": len(history), "train_seconds": round(seconds, 2), "device": device.type,
         **params, "init": init["init"], "init_tensors_loaded": init["loaded"],
+        "init_weights": str(init_weights) if init_weights is not None else None,
         "encoder_frozen": cfg_train["freeze_encoder"], "encoder_unfrozen_at_epoch": unfreeze_at,
         "monitor": stopper.monitor, "checkpoint_metric": selector.monitor,
         "stopped_early": len(history) < cfg_train["epochs"], "train_samples_per_epoch": len(train_set),
