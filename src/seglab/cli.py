@@ -192,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from .aggregate import learning_curves, study_metrics
+    from .aggregate import cross_fold_scores, learning_curves, study_metrics
     from .tracking import open_tracker
 
     cfg = read_json(args.config)
@@ -200,10 +200,11 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     for path in args.evaluations:
         variant, repeat = layout.eval_of(path)
         per_variant.setdefault(variant, {})[repeat] = read_json(path)
-    metrics = study_metrics(cfg["study"], {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()},
-                            dict(cfg["sweep"]["points"]))
-    _write_json(Path(args.metrics), metrics)
     curves = learning_curves({layout.run_of(path): Path(path) for path in args.histories})
+    cross_fold = cross_fold_scores(curves, cfg["variants"]) if cfg["evaluate"]["cv_epoch_from_other_folds"] else None
+    metrics = study_metrics(cfg["study"], {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()},
+                            dict(cfg["sweep"]["points"]), cross_fold)
+    _write_json(Path(args.metrics), metrics)
     Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
     curves.to_csv(args.curves, index=False)
     tracker = open_tracker(cfg["tracking"], cfg["study"]["name"])
@@ -213,7 +214,9 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         run_sd = row["test_dice_repeat_sd"]
         spread = f" ± {run_sd:.4f} run-to-run over {row['repeats']} repeats" if run_sd is not None else \
             " (one repeat: run-to-run sd not measured)"
-        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}   test Dice {row['test_dice']:.4f}{spread}")
+        other = row.get("cv_dice_xfold_epoch_mean")
+        other = f" (epoch chosen on the other folds: {other:.4f})" if other is not None else ""
+        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}{other}   test Dice {row['test_dice']:.4f}{spread}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

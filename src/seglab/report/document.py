@@ -29,6 +29,7 @@ COLUMNS = [
     ("repeats", "repeats", None),
     ("cv_dice_mean", "CV Dice (best epoch chosen on the same fold)", "max"), ("cv_dice_sd", "± sd over folds", "min"),
     ("cv_dice_repeat_sd", "± run-to-run sd", "min"), ("cv_dice_ci", "CV Dice 95% CI", None),
+    ("cv_dice_xfold_epoch_mean", "CV Dice (epoch chosen on the other folds)", "max"),
     ("cv_iou_mean", "CV IoU", "max"), ("oof_dice", "pooled OOF Dice", "max"),
     ("test_dice", "test Dice (ensemble, mean over repeats)", "max"), ("test_dice_repeat_sd", "± run-to-run sd", "min"),
     ("test_dice_per_repeat", "test Dice per repeat", None), ("ranked_first", "ranked first (share of repeats)", "max"),
@@ -388,7 +389,10 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 "<h2>Variants</h2>",
                 "<p>CV: each fold's validation score at its best epoch, chosen on that same fold (so slightly "
                 "optimistic), mean ± sd and t-based 95% CI over every repeat's folds; ± run-to-run sd: the sd over "
-                "repeats of the repeat means. Pooled OOF: "
+                "repeats of the repeat means. CV Dice (epoch chosen on the other folds): each fold scored at the epoch "
+                "whose selection value, averaged over the other folds of its repeat, is best, so its own validation "
+                "labels did not pick it (its early stopping still read them; – where a repeat has one fold or "
+                "evaluate.cv_epoch_from_other_folds is off). Pooled OOF: "
                 "every fold's best checkpoint on its own validation fold, all out-of-fold images scored together. "
                 "Test: each repeat's fold ensemble (mean of its folds' probabilities) on the held-out test set, the mean "
                 "over repeats with its run-to-run sd and the value per repeat, and each fold model alone. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
@@ -455,7 +459,9 @@ def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str,
     lines += [f"- **{k}**: {v}" for k, v in facts.items() if k != "study"]
     lines += ["", "## Variants", "", table_markdown(table), "",
               "CV: mean ± sd (95% CI) over every repeat's folds of each fold's validation score at its best epoch, "
-              "chosen on that same fold; ± run-to-run sd: over repeats. Pooled OOF: all out-of-fold predictions scored "
+              "chosen on that same fold; ± run-to-run sd: over repeats. CV Dice (epoch chosen on the other folds): "
+              "each fold at the epoch best on average over the other folds of its repeat, not on its own labels. "
+              "Pooled OOF: all out-of-fold predictions scored "
               "together. Test: each repeat's fold ensemble on the held-out test set, mean over repeats.", ""]
     if metrics and metrics.get("sweep"):
         head, rows = sweep_rows(metrics)
