@@ -23,12 +23,15 @@ def test_report_and_metrics_are_written(finished_study):
     for row in metrics["variants"].values():
         assert 0.0 <= row["test_dice"] <= 1.0 and len(row["test_dice_folds"]) == 2
         assert row["cv_dice_sd"] >= 0.0
+        # Beside it, each fold at the epoch chosen on the other fold (evaluate.cv_epoch_from_other_folds).
+        assert len(row["xfold_epochs"]) == 2 and 0.0 <= row["cv_dice_xfold_epoch_mean"] <= 1.0
     html = (tmp / "results" / "report" / "index.html").read_text()
     assert "scratch" in html and "colorized" in html and "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # self-contained: no network to view it
     assert "| variant |" in (tmp / "results" / "report" / "summary.md").read_text()
     curves = pd.read_csv(tmp / "results" / "curves.csv")
     assert set(curves["variant"]) == {"scratch", "colorized"} and set(curves["fold"]) == {0, 1}
+    assert curves[["train_dice", "val_dice", "train_iou", "val_iou"]].notna().all().all()
     per_image = pd.read_csv(tmp / "results" / "eval" / "scratch" / "r0" / "per_image.csv")
     assert set(per_image["model"]) == {"fold0", "fold1", "ensemble"}
     # The tiny study has no unlabelled pool: one pretraining per repeat and fold (pretrain.images auto -> fold).
@@ -101,7 +104,7 @@ def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
     weights = project / tags["seglab.weights"]
     assert tags["seglab.weights_sha256"] == (weights.parent / "best.pt.sha256").read_text().split()[0]
     assert params["loss.name"] == "bce" and params["train.epochs"] == "2" and params["data.num_images"] == "30"
-    for metric in ("train_loss", "val_loss", "val_dice", "lr", "train_images_per_s"):
+    for metric in ("train_loss", "val_loss", "val_dice", "train_dice", "train_iou", "lr", "train_images_per_s"):
         assert [m.step for m in client.get_metric_history(fold.info.run_id, metric)] == [1, 2], metric
     artifacts = {a.path for folder in ("", "plots", "config") for a in client.list_artifacts(fold.info.run_id, folder or None)}
     assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= artifacts
