@@ -13,6 +13,8 @@ def test_default_study_validates_and_resolves_variants():
     assert dice["loss"]["name"] == "dice"
     assert dice["model"] == cfg["variants"]["unet-bce"]["model"]  # only the loss differs
     assert cfg["variants"]["unet-bce-colorization"]["init"] == "colorization"
+    # Colorization pretrains once, on a generated pool that no fold validates on and no test holds.
+    assert cfg["pretrain"]["images"] == "unlabelled" and cfg["dataset"]["builtin"]["unlabelled"] > 0
     assert cfg["split"]["folds"] == 3 and cfg["study"]["baseline"] == "unet-bce"
     # Variance-aware by default: the verdicts test against the run-to-run variance of 2+ repeats.
     assert cfg["split"]["repeats"] >= 2

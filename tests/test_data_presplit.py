@@ -122,6 +122,8 @@ def test_colorization_pretrains_on_the_unlabelled_folder(hw6, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     # 5 unlabelled images: 1 drawn for the validation curve, 4 trained on; no labelled image.
     assert summary["train_images"] + summary["val_images"] == 5
+    assert summary["images"] == "unlabelled" and summary["ids"] == [f"unlabelled/c{i}" for i in range(5)]
+    assert summary["seen"] == {"validation": 0, "test": 0}
 
 
 def test_snakemake_plans_one_training_per_variant_with_a_fixed_validation_folder(hw6, tmp_path):

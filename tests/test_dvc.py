@@ -110,12 +110,12 @@ def test_metrics_and_plots_read_the_pipeline_files(project):
 
 
 def test_exp_run_changes_one_key_and_reruns_only_what_depends_on_it(project):
-    data_before = mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/*/weights.pt")
+    data_before = mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/**/weights.pt")
     models_before = mtimes(project, "results/models/*/r*/fold*/best.pt")
     run = sh(project, "dvc", "exp", "run", "-n", "three-epochs", "-S", "config.yaml:defaults.train.epochs=3")
     # DVC re-ran its stage; Snakemake then re-ran the trainings and what reads them, nothing upstream.
     assert job_counts(run.stdout + run.stderr) == {"train": 4, "evaluate": 2, "aggregate": 1, "compare": 1, "report": 1, "all": 1, "total": 10}
-    assert mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/*/weights.pt") == data_before
+    assert mtimes(project, "results/data/**/*") | mtimes(project, "results/pretrain/**/weights.pt") == data_before
     models_after = mtimes(project, "results/models/*/r*/fold*/best.pt")
     assert models_after.keys() == models_before.keys() and all(models_after[k] != models_before[k] for k in models_before)
     history = pd.read_csv(project / "results" / "models" / "scratch" / "r0" / "fold0" / "history.csv")
@@ -206,7 +206,7 @@ def test_push_then_pull_on_a_fresh_clone_needs_no_rerun(project, tmp_path):
     out = sh(clone, "make", "pull", f"VENV={VENV_BIN.parent}", "STAMP=").stdout
     assert "pulled results marked up to date" in out
 
-    for pattern in ("data/raw/builtin-lesions/images/*", "results/models/*/r*/fold*/best.pt", "results/pretrain/*/weights.pt"):
+    for pattern in ("data/raw/builtin-lesions/images/*", "results/models/*/r*/fold*/best.pt", "results/pretrain/**/weights.pt"):
         pulled = sorted(p.relative_to(clone) for p in clone.glob(pattern))
         assert pulled and pulled == sorted(p.relative_to(project) for p in project.glob(pattern)), pattern
         assert all((clone / p).read_bytes() == (project / p).read_bytes() for p in pulled)
@@ -300,7 +300,7 @@ def test_s3_remote_push_then_pull_on_a_fresh_clone(project, tmp_path):
         pulled = sum(p.stat().st_size for p in (clone / ".dvc" / "cache").rglob("*") if p.is_file())
         print(f"\nS3 remote: pushed {len(objects)} objects, {pushed / 1e6:.2f} MB in {push_s:.1f}s; "
               f"make pull {pulled / 1e6:.2f} MB into the clone's cache in {pull_s:.1f}s")
-        for pattern in ("results/models/*/r*/fold*/best.pt", "results/pretrain/*/weights.pt"):
+        for pattern in ("results/models/*/r*/fold*/best.pt", "results/pretrain/**/weights.pt"):
             files = sorted(p.relative_to(clone) for p in clone.glob(pattern))
             assert files and all((clone / p).read_bytes() == (project / p).read_bytes() for p in files), pattern
         dry = sh(clone, sys.executable, "-m", "snakemake", "-n", "--cores", "1")

@@ -196,7 +196,7 @@ def test_out_of_memory_suggests_a_smaller_batch(data, tmp_path, monkeypatch, cap
         stage_dir = write_stage_configs(tmp_path / "pre", stage_cfg)
         (config,) = (stage_dir / "pretrain").iterdir()
         args = ["pretrain", "--config", str(config), "--prepared", str(data["prepared"]), "--splits", str(data["splits"]),
-                "--out", str(tmp_path / "pretrain")]
+                "--fold", "0", "--out", str(tmp_path / "pretrain" / "r0" / "fold0")]
         key = "pretrain.batch_size"
     assert main(args) == 2
     err = capfd.readouterr().err

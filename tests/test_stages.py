@@ -74,6 +74,35 @@ def test_one_training_step_lowers_the_loss(tiny_data):
     assert losses[-1] < losses[0]
 
 
+def test_training_scores_are_those_of_the_predictions_made_on_the_training_batches(tiny_data):
+    """With a learning rate of 0 and no batch norm, training predicts as validation does: on the
+    same batches, train_dice/train_iou/train_loss equal the validation values."""
+    from seglab.engine import fit
+    from seglab.metrics import MetricAccumulator
+
+    cfg, root, splits = tiny_data.cfg, tiny_data.root, tiny_data.splits
+    torch.manual_seed(0)
+    data = PreparedData(root / "prepared")
+    images, masks = zip(*(SegmentationDataset(data, splits["folds"][0])[i] for i in range(8)))
+    batches = [(torch.stack(images[:4]), torch.stack(masks[:4])), (torch.stack(images[4:]), torch.stack(masks[4:]))]
+    model = build_model({**cfg["variants"]["scratch"]["model"], "batch_norm": False}, 3, 1)
+    records = []
+    fit(model, batches, batches, build_loss(cfg["variants"]["scratch"]["loss"], 2, None),
+        torch.optim.SGD(model.parameters(), lr=0.0), Execution.for_device(torch.device("cpu")), 1, None,
+        lambda record, best: records.append(record), metrics=MetricAccumulator(2, None, [1]),
+        train_metrics=MetricAccumulator(2, None, [1]))
+    (record,) = records
+    for name in ("dice", "iou", "loss"):
+        assert record[f"train_{name}"] == pytest.approx(record[f"val_{name}"], rel=1e-6), name
+    # A model that is learning is scored as it goes: the scores differ once it moves.
+    records.clear()
+    fit(model, batches, batches, build_loss(cfg["variants"]["scratch"]["loss"], 2, None),
+        torch.optim.Adam(model.parameters(), lr=0.05), Execution.for_device(torch.device("cpu")), 1, None,
+        lambda record, best: records.append(record), metrics=MetricAccumulator(2, None, [1]),
+        train_metrics=MetricAccumulator(2, None, [1]))
+    assert records[0]["train_loss"] != pytest.approx(records[0]["val_loss"], rel=1e-6)
+
+
 def test_early_stopping_counts_epochs_without_improvement():
     stopper = EarlyStopping(patience=2)
     assert stopper.step(1.0, 1) and not stopper.step(1.5, 2) and not stopper.should_stop
@@ -86,7 +115,8 @@ def test_train_fold_writes_checkpoint_history_and_summary(tiny_data, tmp_path):
     summary = train_fold(variant, root / "prepared", splits, 0, tmp_path / "fold0")
     history = pd.read_csv(tmp_path / "fold0" / "history.csv")
     assert list(history["epoch"]) == [1, 2]
-    assert {"train_loss", "val_loss", "val_dice", "val_iou", "lr"} <= set(history.columns)
+    assert {"train_loss", "val_loss", "val_dice", "val_iou", "train_dice", "train_iou", "lr"} <= set(history.columns)
+    assert history[["train_dice", "train_iou"]].stack().between(0, 1).all()
     assert summary["best_epoch"] in (1, 2) and 0.0 <= summary["val_dice"] <= 1.0
     assert json.loads((tmp_path / "fold0" / "summary.json").read_text())["params_trainable"] > 0
     state = load_checkpoint(tmp_path / "fold0" / "best.pt")

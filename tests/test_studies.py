@@ -115,7 +115,7 @@ def test_study_runs_end_to_end_at_test_size(study: Path, tmp_path: Path) -> None
         assert frozen["params_frozen"] > 0 and tuned["params_frozen"] == 0
         assert frozen["params_frozen"] + frozen["params_trainable"] == tuned["params_trainable"]
         assert summaries(out, "mobilenet-frozen-then-finetuned")[0]["encoder_unfrozen_at_epoch"] == 1
-        assert list((out / "pretrain").glob("*/weights.pt"))
+        assert list((out / "pretrain").rglob("weights.pt"))
     if study.stem == "augmentation-grid":
         assert not (out / "models" / "no-augmentation" / "r0" / "fold0" / "augmentation.png").exists()
         assert (out / "models" / "vflip-0.5-blur-0.5" / "r0" / "fold0" / "augmentation.png").stat().st_size > 0

@@ -23,15 +23,59 @@ def test_report_and_metrics_are_written(finished_study):
     for row in metrics["variants"].values():
         assert 0.0 <= row["test_dice"] <= 1.0 and len(row["test_dice_folds"]) == 2
         assert row["cv_dice_sd"] >= 0.0
+        # Beside it, each fold at the epoch chosen on the other fold (evaluate.cv_epoch_from_other_folds).
+        assert len(row["xfold_epochs"]) == 2 and 0.0 <= row["cv_dice_xfold_epoch_mean"] <= 1.0
     html = (tmp / "results" / "report" / "index.html").read_text()
     assert "scratch" in html and "colorized" in html and "data:image/png;base64," in html
     assert "http://" not in html and "https://" not in html  # self-contained: no network to view it
     assert "| variant |" in (tmp / "results" / "report" / "summary.md").read_text()
     curves = pd.read_csv(tmp / "results" / "curves.csv")
     assert set(curves["variant"]) == {"scratch", "colorized"} and set(curves["fold"]) == {0, 1}
+    assert curves[["train_dice", "val_dice", "train_iou", "val_iou"]].notna().all().all()
     per_image = pd.read_csv(tmp / "results" / "eval" / "scratch" / "r0" / "per_image.csv")
     assert set(per_image["model"]) == {"fold0", "fold1", "ensemble"}
-    assert (tmp / "results" / "pretrain").is_dir() and list((tmp / "results" / "pretrain").glob("*/samples.png"))
+    # The tiny study has no unlabelled pool: one pretraining per repeat and fold (pretrain.images auto -> fold).
+    assert len(list((tmp / "results" / "pretrain").glob("*/r0/fold*/samples.png"))) == 2
+
+
+def test_no_pretraining_saw_an_image_its_models_are_validated_or_tested_on(finished_study):
+    """The no-leak property, read from the study's own files: the ids each pretraining recorded are
+    exactly its fold's training images (not even a copy of a validation or test image among them),
+    the fold's training started from that pretraining, and report and MLflow say which images it was."""
+    from mlflow.tracking import MlflowClient
+
+    from seglab import layout
+
+    root = finished_study.root
+    out = root / "results"
+    manifest = pd.read_csv(out / "data" / "prepared" / "manifest.csv", dtype={"id": str})
+    sha = dict(zip(manifest["id"], manifest["sha256_image"]))
+    summaries = sorted((out / "pretrain").glob("*/r*/fold*/summary.json"))
+    assert len(summaries) == 2
+    for path in summaries:
+        _, repeat, fold = layout.run_of(path)
+        splits = json.loads((out / "data" / "splits" / f"r{repeat}.json").read_text())
+        summary = json.loads(path.read_text())
+        seen, validated, tested = set(summary["ids"]), set(splits["folds"][fold]), set(splits["test"])
+        assert (summary["images"], summary["repeat"], summary["fold"]) == ("fold", repeat, fold)
+        assert seen == {i for k, ids in enumerate(splits["folds"]) if k != fold for i in ids}
+        assert not seen & validated and not seen & tested
+        assert not {sha[i] for i in seen} & {sha[i] for i in validated | tested}
+        assert summary["seen"] == {"validation": 0, "test": 0}
+        trained = json.loads((out / "models" / "colorized" / f"r{repeat}" / f"fold{fold}" / "summary.json").read_text())
+        assert trained["init_weights"] == str((path.parent / "weights.pt").relative_to(root))
+
+    summary_md = (out / "report" / "summary.md").read_text()
+    assert "**colorization pretraining images**: each fold's own training images" in summary_md
+    assert "(2 in all" in summary_md and "0 validation and 0 test image(s) among them" in summary_md
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`seglab.stage` = 'pretrain'")
+    arch = layout.run_of(summaries[0])[0]
+    assert sorted(r.data.tags["mlflow.runName"] for r in runs) == [f"pretrain-{arch}-r0-fold{k}" for k in (0, 1)]
+    for run in runs:
+        assert run.data.tags["seglab.pretrain_images"] == "fold" and run.data.params["seen_test_images"] == "0"
+        assert run.data.params["seen_validation_images"] == "0"
+        assert "summary.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
@@ -60,7 +104,7 @@ def test_mlflow_holds_parent_child_and_pretrain_runs(finished_study):
     weights = project / tags["seglab.weights"]
     assert tags["seglab.weights_sha256"] == (weights.parent / "best.pt.sha256").read_text().split()[0]
     assert params["loss.name"] == "bce" and params["train.epochs"] == "2" and params["data.num_images"] == "30"
-    for metric in ("train_loss", "val_loss", "val_dice", "lr", "train_images_per_s"):
+    for metric in ("train_loss", "val_loss", "val_dice", "train_dice", "train_iou", "lr", "train_images_per_s"):
         assert [m.step for m in client.get_metric_history(fold.info.run_id, metric)] == [1, 2], metric
     artifacts = {a.path for folder in ("", "plots", "config") for a in client.list_artifacts(fold.info.run_id, folder or None)}
     assert {"history.csv", "plots/learning_curves.png", "config/variant.json"} <= artifacts

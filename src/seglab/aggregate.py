@@ -88,6 +88,56 @@ def variant_row(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def selection_rule(cfg_train: dict[str, Any]) -> tuple[str, str]:
+    """The epoch value that picks a fold's kept checkpoint, and its direction (as train.build_stoppers)."""
+    from .engine import monitor_mode
+
+    metric = cfg_train["checkpoint_metric"] or cfg_train["monitor"]
+    return metric, monitor_mode(metric, cfg_train["checkpoint_mode"] if cfg_train["checkpoint_metric"] else cfg_train["mode"])
+
+
+def epoch_from_other_folds(histories: dict[int, pd.DataFrame], fold: int, metric: str, mode: str) -> int | None:
+    """The epoch at which fold ``fold`` is scored without its own labels: among the epochs it ran, the
+    one whose ``metric`` averaged over the other folds (those that ran that epoch) is best (``mode``
+    min or max; the earliest of ties). None without another fold. Fold ``fold``'s early stopping
+    still read its own validation loss; with ``train.patience: null`` nothing of it does."""
+    others = [h.set_index("epoch")[metric] for k, h in histories.items() if k != fold]
+    if not others:
+        return None
+    mean = pd.concat(others, axis=1).mean(axis=1, skipna=True).reindex(histories[fold]["epoch"]).dropna()
+    if mean.empty:
+        return None
+    return int(mean.idxmin() if mode == "min" else mean.idxmax())
+
+
+def cross_fold_scores(curves: pd.DataFrame, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant: each fold's validation Dice and IoU at :func:`epoch_from_other_folds` (every repeat's
+    folds, in order), their mean and sd, and the epochs chosen; None where a repeat has one fold."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant, runs in curves.groupby("variant", sort=False):
+        metric, mode = selection_rule(variants[variant]["train"])
+        scores: dict[str, list[float]] = {"dice": [], "iou": []}
+        epochs: list[int] = []
+        for _, repeat in runs.groupby("repeat", sort=True):
+            histories = {int(k): h.sort_values("epoch") for k, h in repeat.groupby("fold", sort=True)}
+            for fold, history in histories.items():
+                epoch = epoch_from_other_folds(histories, fold, metric, mode)
+                if epoch is None:
+                    continue
+                at = history.set_index("epoch").loc[epoch]
+                epochs.append(epoch)
+                for name in scores:
+                    if f"val_{name}" in at:
+                        scores[name].append(float(at[f"val_{name}"]))
+        row: dict[str, Any] = {"xfold_epochs": epochs or None}
+        for name, values in scores.items():
+            row[f"cv_{name}_xfold_epoch_per_fold"] = values or None
+            row[f"cv_{name}_xfold_epoch_mean"] = statistics.fmean(values) if values else None
+            row[f"cv_{name}_xfold_epoch_sd"] = statistics.stdev(values) if len(values) > 1 else None
+        out[str(variant)] = row
+    return out
+
+
 def rank_first(per_repeat: dict[str, list[float]]) -> dict[str, float]:
     """Rank stability: the share of repeats in which each variant has the best test score
     (ties share the repeat). With one repeat it is 1 for the winner and says little."""
@@ -102,10 +152,12 @@ def rank_first(per_repeat: dict[str, list[float]]) -> dict[str, float]:
 
 
 def study_metrics(study: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]],
-                  sweep: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                  sweep: dict[str, dict[str, Any]] | None = None,
+                  cross_fold: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The study table: ``per_variant`` maps each variant to its evaluations, one per repeat;
-    ``sweep`` the grid point of each sweep variant (:func:`seglab.config.sweep_points`)."""
-    rows = {name: variant_row(m) for name, m in per_variant.items()}
+    ``sweep`` the grid point of each sweep variant (:func:`seglab.config.sweep_points`);
+    ``cross_fold`` each variant's CV at the epoch chosen on the other folds (:func:`cross_fold_scores`)."""
+    rows = {name: {**variant_row(m), **(cross_fold or {}).get(name, {})} for name, m in per_variant.items()}
     best = max(rows, key=lambda n: rows[n]["test_dice"] if rows[n]["test_dice"] is not None else float("-inf"))
     for name, share in rank_first({n: r["test_dice_per_repeat"] for n, r in rows.items()}).items():
         rows[name]["ranked_first"] = share

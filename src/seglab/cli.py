@@ -60,12 +60,17 @@ def cmd_split(args: argparse.Namespace) -> None:
         if not test_file.is_absolute():
             test_file = Path(read_json(args.verify)["root"]) / test_file
         test_ids = read_test_list(test_file, split["test_key"])
-    if "role" in manifest and manifest["role"].dropna().astype(str).ne("").any():
+    roles = manifest["role"].fillna("").astype(str) if "role" in manifest else pd.Series("", index=manifest.index)
+    if roles.isin(["train", "val", "test"]).any():
         # A pre-split dataset (dataset.folder.train/val/test): its folders are the split.
         splits = make_presplit_splits(manifest, split["validation"], split["folds"], split["test_fraction"], split["seed"],
                                       args.repeat)
     else:
-        splits = make_splits(manifest, split["folds"], split["test_fraction"], split["seed"], test_ids, args.repeat)
+        pool = roles == "unlabelled"  # images without masks (a folder's or the generator's pool): never split
+        splits = make_splits(manifest[~pool].reset_index(drop=True), split["folds"], split["test_fraction"], split["seed"],
+                             test_ids, args.repeat)
+        if pool.any():
+            splits["unlabelled"] = sorted(manifest.loc[pool, "id"].astype(str))
     _write_json(Path(args.out), splits)
     print(f"split (repeat {args.repeat}): test {splits['counts']['test']} images ({splits['test_source']}), folds {splits['counts']['folds']}"
           + (f", always trained on {splits['counts']['train']}" if "train" in splits else "")
@@ -87,14 +92,21 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     cfg = read_json(args.config)
     out, prepared, splits = Path(args.out), Path(args.prepared), read_json(args.splits)
     study = cfg["study"]["name"]
-    tags = {"seglab.stage": "pretrain", **input_tags(cfg, prepared, splits), **snakemake_tags(args.tag)}
-    run = open_run(cfg["tracking"], study, f"{study}/pretrain/{out.name}", f"pretrain-{out.name}", tags=tags,
+    tags = {"seglab.stage": "pretrain", "seglab.pretrain_images": cfg["pretrain"]["images"],
+            **input_tags(cfg, prepared, splits), **snakemake_tags(args.tag)}
+    # pretrain/<arch> on the unlabelled pool; pretrain/<arch>/r<repeat>/fold<k> on one fold's training images.
+    run_key = out.name
+    if args.fold is not None:
+        arch, repeat, _ = layout.run_of(out)
+        run_key = f"{arch}/{layout.repeat_name(repeat)}/{layout.fold_name(args.fold)}"
+        tags.update({"seglab.repeat": repeat, "seglab.fold": args.fold})
+    run = open_run(cfg["tracking"], study, f"{study}/pretrain/{run_key}", f"pretrain-{run_key.replace('/', '-')}", tags=tags,
                    command="pretrain")
     run.log_params(config_params(cfg, prepared))
     record_dataset(run, cfg, prepared, "training")
 
     def work() -> None:
-        pretrain_colorization(cfg, prepared, splits, out, run)
+        pretrain_colorization(cfg, prepared, splits, out, run, args.fold)
         record_pretraining(run, cfg, out)
 
     _finish(run, work)
@@ -180,7 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from .aggregate import learning_curves, study_metrics
+    from .aggregate import cross_fold_scores, learning_curves, study_metrics
     from .tracking import open_tracker
 
     cfg = read_json(args.config)
@@ -188,10 +200,11 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     for path in args.evaluations:
         variant, repeat = layout.eval_of(path)
         per_variant.setdefault(variant, {})[repeat] = read_json(path)
-    metrics = study_metrics(cfg["study"], {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()},
-                            dict(cfg["sweep"]["points"]))
-    _write_json(Path(args.metrics), metrics)
     curves = learning_curves({layout.run_of(path): Path(path) for path in args.histories})
+    cross_fold = cross_fold_scores(curves, cfg["variants"]) if cfg["evaluate"]["cv_epoch_from_other_folds"] else None
+    metrics = study_metrics(cfg["study"], {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()},
+                            dict(cfg["sweep"]["points"]), cross_fold)
+    _write_json(Path(args.metrics), metrics)
     Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
     curves.to_csv(args.curves, index=False)
     tracker = open_tracker(cfg["tracking"], cfg["study"]["name"])
@@ -201,7 +214,9 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
         run_sd = row["test_dice_repeat_sd"]
         spread = f" ± {run_sd:.4f} run-to-run over {row['repeats']} repeats" if run_sd is not None else \
             " (one repeat: run-to-run sd not measured)"
-        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}   test Dice {row['test_dice']:.4f}{spread}")
+        other = row.get("cv_dice_xfold_epoch_mean")
+        other = f" (epoch chosen on the other folds: {other:.4f})" if other is not None else ""
+        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}{other}   test Dice {row['test_dice']:.4f}{spread}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -363,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--fold", type=int, required=True)
             p.add_argument("--init", help="colorization weights for init: colorization")
+        else:
+            p.add_argument("--fold", type=int, help="pretrain.images fold: pretrain on this fold's training images "
+                           "(of the repeat --splits holds); without it, on the unlabelled pool")
     p = command("evaluate", cmd_evaluate, "evaluate the fold models and their ensemble on the test set")
     p.add_argument("--prepared", required=True)
     p.add_argument("--splits", required=True)

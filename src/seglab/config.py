@@ -184,6 +184,7 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
     _check_presplit(raw, cfg, source)
     _check_size_fits_models(cfg, source)
     _check_colorization_batches(cfg, source)
+    _resolve_pretrain_images(cfg, source)
 
     baseline = cfg["study"]["baseline"]
     if baseline is None:
@@ -279,6 +280,32 @@ def _check_presplit(raw: dict[str, Any], cfg: dict[str, Any], source: str) -> No
         key = given[0] if given else "unlabelled"
         raise ConfigError(f"{source}: key 'dataset.folder.{key}': the built-in dataset has no folders to give; "
                           "use dataset.source: folder (or url) with it.")
+
+
+def has_unlabelled_pool(dataset: dict[str, Any]) -> bool:
+    """Whether the dataset brings images without masks for colorization pretraining only."""
+    if dataset["source"] == "builtin":
+        return dataset["builtin"]["unlabelled"] > 0
+    return bool(dataset["folder"]["unlabelled"])
+
+
+def _resolve_pretrain_images(cfg: dict[str, Any], source: str) -> None:
+    """``pretrain.images: auto`` becomes the pool when the dataset has one, else ``fold``; the
+    stages then read what was decided, and a pool that is not there is refused here."""
+    pretrain, pool = cfg["pretrain"], has_unlabelled_pool(cfg["dataset"])
+    if pretrain["images"] == "auto":
+        pretrain["images"] = "unlabelled" if pool else "fold"
+    elif pretrain["images"] == "unlabelled" and not pool:
+        raise ConfigError(
+            f"{source}: key 'pretrain.images': unlabelled pretrains on the dataset's unlabelled pool, and this dataset "
+            "has none. Give dataset.folder.unlabelled (a folder of images without masks) or dataset.builtin.unlabelled "
+            "(a number of generated images), or use pretrain.images: fold (each fold's own training images)."
+        )
+
+
+def pretrains_per_fold(cfg: dict[str, Any]) -> bool:
+    """One colorization pretraining per repeat and fold (``pretrain.images: fold``), else one per study."""
+    return cfg["pretrain"]["images"] == "fold"
 
 
 def fold_count(cfg: dict[str, Any]) -> int:

@@ -194,6 +194,7 @@ def fit(
     selector: EarlyStopping | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
     validate: Callable[[nn.Module], dict[str, float]] | None = None,
+    train_metrics: MetricAccumulator | None = None,
 ) -> EarlyStopping:
     """Train until ``epochs`` or until ``stopper`` (default: val_loss, ``patience``) says stop.
 
@@ -209,6 +210,8 @@ def fit(
     ``on_epoch_start(epoch)`` (0-based) runs before each epoch, e.g. to unfreeze an encoder.
     ``validate(model)``, when given, replaces the validation pass over ``val_batches`` (e.g.
     whole images by sliding windows for a patch-trained model) and returns the same keys.
+    ``train_metrics``, when given, scores the training batches' predictions as they are made
+    (the model changing within the epoch, as Keras reports it): ``train_<metric>`` in the record.
     """
     stopper = stopper or EarlyStopping(patience)
     selector = selector or stopper
@@ -220,7 +223,7 @@ def fit(
         if scheduler is not None:
             scheduler.apply(optimizer, epoch)
         start = time.perf_counter()
-        train = run_epoch(model, train_batches, loss_fn, execution, optimizer)
+        train = run_epoch(model, train_batches, loss_fn, execution, optimizer, train_metrics)
         val = validate(model) if validate is not None else run_epoch(model, val_batches, loss_fn, execution, None, metrics)
         if not math.isfinite(train["loss"]):
             raise FloatingPointError(
@@ -231,6 +234,7 @@ def fit(
             "train_loss": train["loss"],
             "val_loss": val["loss"],
             **{f"val_{k}": v for k, v in val.items() if k not in ("loss", "images_per_s")},
+            **{f"train_{k}": v for k, v in train.items() if k not in ("loss", "images_per_s")},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
             "train_images_per_s": train["images_per_s"],

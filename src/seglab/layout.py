@@ -41,7 +41,8 @@ def store_files(policy: str, max_side: int | None = None) -> tuple[str, ...]:
 FINGERPRINT = "fingerprint.json"
 
 # A trained fold (<out>/models/<variant>/r<repeat>/fold<k>/) and a colorization pretraining
-# (<out>/pretrain/<arch>/). Both keep a training history and a summary.
+# (<out>/pretrain/<arch>/ on an unlabelled pool, <out>/pretrain/<arch>/r<repeat>/fold<k>/ on one
+# fold's training images). Both keep a training history and a summary.
 CHECKPOINT = "best.pt"
 PRETRAINED = "weights.pt"
 HISTORY = "history.csv"
@@ -168,8 +169,15 @@ class StudyLayout:
         """Repeat 0's splits: the test set and training pool every stage shares."""
         return self.splits_file(0)
 
-    def pretrain_dir(self, arch: str) -> str:
-        return f"{self.root}/pretrain/{arch}"
+    def pretrain_dir(self, arch: str, repeat: int | str | None = None, fold: int | str | None = None) -> str:
+        """One architecture's colorization pretraining: ``pretrain/<arch>`` on the unlabelled pool, or
+        ``pretrain/<arch>/r<repeat>/fold<k>`` on one fold's training images (pretrain.images fold)."""
+        if fold is None:
+            return f"{self.root}/pretrain/{arch}"
+        return f"{self.root}/pretrain/{arch}/{repeat_name(repeat if repeat is not None else 0)}/{fold_name(fold)}"
+
+    def pretrain_file(self, arch: str, name: str, repeat: int | str | None = None, fold: int | str | None = None) -> str:
+        return f"{self.pretrain_dir(arch, repeat, fold)}/{name}"
 
     def fold_dir(self, variant: str, fold: int | str, repeat: int | str = 0) -> str:
         return f"{self.root}/models/{variant}/{repeat_name(repeat)}/{fold_name(fold)}"

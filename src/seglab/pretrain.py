@@ -1,8 +1,10 @@
 """Colorization pretraining: the variant's architecture learns colour from grey (MSE).
 
-Self-supervised, on the study's training images only (never the test split); the
-weights then initialise the variants with ``init: colorization``. Resumable like
-training (:mod:`seglab.resumable`).
+Self-supervised, on images no model it initialises is validated or tested on
+(``pretrain.images``): one fold's training images, or the dataset's unlabelled pool. The
+weights then initialise the variants with ``init: colorization``. The ids it saw go into
+its summary, checked against the validation and test ids there. Resumable like training
+(:mod:`seglab.resumable`).
 """
 
 from __future__ import annotations
@@ -22,14 +24,38 @@ from .config import ConfigError
 from .data.colour import ab_to_unit, colorization_refusal, lab_to_rgb, rgb_to_lab, unit_to_ab
 from .data.dataset import ColorizationDataset, PreparedData
 from .data.loaders import loader_workers, make_loader
-from .data.splits import training_pool
+from .data.splits import fold_ids, training_pool
 from .data.transforms import build_augmentation
 from .engine import Execution
 from .models import build_model
 from .resumable import RESUME_DIR, fit_resumable, resume_key
 from .resume import ResumeStore
 from .runtime import seed_everything
+from .seeds import derived_seed
 from .tracking import NullRun, Run
+
+
+def pretraining_ids(splits: dict[str, Any], images: str, fold: int | None) -> list[str]:
+    """The images a pretraining learns from: fold ``fold``'s training images (``images`` fold) or
+    the splits' unlabelled pool (``images`` unlabelled); never a test image."""
+    if images == "fold":
+        if fold is None:
+            raise ConfigError("pretrain.images is fold: each fold has its own pretraining. Pass its fold (seglab pretrain --fold K).")
+        return fold_ids(splits, fold)[0]
+    if fold is not None:
+        raise ConfigError("pretrain.images is unlabelled: one pretraining on the pool serves every fold. Drop --fold.")
+    if not splits.get("unlabelled"):
+        raise ConfigError("pretrain.images is unlabelled but the splits list no unlabelled image (none passed "
+                          "verification?). Check dataset.folder.unlabelled / dataset.builtin.unlabelled, or use "
+                          "pretrain.images: fold.")
+    return list(splits["unlabelled"])
+
+
+def seen_counts(ids: list[str], splits: dict[str, Any], fold: int | None) -> dict[str, int]:
+    """How many of ``ids`` a model it initialises is validated on (its fold's validation images; on
+    the pool, any fold's) or tested on: 0 and 0 by construction, recorded so that it is checked."""
+    validated = set(splits["folds"][fold]) if fold is not None else set(training_pool(splits))
+    return {"validation": len(validated.intersection(ids)), "test": len(set(splits["test"]).intersection(ids))}
 
 
 def pretrain_colorization(
@@ -38,32 +64,37 @@ def pretrain_colorization(
     splits: dict[str, Any],
     out_dir: Path,
     run: Run | None = None,
+    fold: int | None = None,
 ) -> dict[str, Any]:
     """Colorization pretraining: the variant's architecture learns colour from grey (MSE), on
-    training images only (never the test split). ``pretrain.target`` rgb predicts RGB in
-    [0, 1] with a 3-channel head; lab predicts CIELAB a, b (scaled to [0, 1]) with a
-    2-channel head. A grey dataset is refused with a ConfigError: there is no colour to learn."""
+    ``pretraining_ids`` (fold ``fold``'s training images, or the unlabelled pool). ``pretrain.target``
+    rgb predicts RGB in [0, 1] with a 3-channel head; lab predicts CIELAB a, b (scaled to [0, 1])
+    with a 2-channel head. A grey dataset is refused with a ConfigError: there is no colour to learn."""
     run = run or NullRun()
     study, pre = cfg["study"], cfg["pretrain"]
     target = pre["target"]
     refusal = colorization_refusal(Path(prepared) / layout.IMAGES)
     if refusal:
         raise ConfigError(refusal)
-    seed_everything(study["seed"], study["deterministic"])
+    ids = pretraining_ids(splits, pre["images"], fold)
+    seen = seen_counts(ids, splits, fold)
+    if seen["validation"] or seen["test"]:  # cannot happen by construction; never pretrain on a leak
+        raise ValueError(f"pretraining images include {seen['validation']} validation and {seen['test']} test image(s)")
+    # Per fold, each repeat and fold its own seed (as training); on the pool, the study's.
+    seed = study["seed"] if fold is None else derived_seed(study["seed"], splits["repeat"]) + fold
+    seed_everything(seed, study["deterministic"])
     execution = Execution.for_study(study)
     device = execution.device
     data = PreparedData(prepared)
-    # The unlabelled folder of a pre-split dataset when there is one, else the training images.
-    ids = list(splits.get("unlabelled") or training_pool(splits))
     n_val = max(1, int(round(len(ids) * pre["val_fraction"])))
-    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(study["seed"])).tolist()
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
     val_ids = [ids[i] for i in order[:n_val]]
     train_ids = [ids[i] for i in order[n_val:]]
-    flips = build_augmentation({"preset": "flip"}, study["seed"])
+    flips = build_augmentation({"preset": "flip"}, seed)
     workers = loader_workers("auto", device)
-    train_loader = make_loader(ColorizationDataset(data, train_ids, flips), pre["batch_size"], True, study["seed"], workers, device)
+    train_loader = make_loader(ColorizationDataset(data, train_ids, flips), pre["batch_size"], True, seed, workers, device)
     val_set = ColorizationDataset(data, val_ids)
-    val_loader = make_loader(val_set, pre["batch_size"], False, study["seed"], workers, device)
+    val_loader = make_loader(val_set, pre["batch_size"], False, seed, workers, device)
 
     model = execution.prepare(build_model(cfg["model"], 3, 3 if target == "rgb" else 2))
     mse = nn.MSELoss()
@@ -73,11 +104,13 @@ def pretrain_colorization(
         return mse(torch.sigmoid(output), wanted)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=pre["lr"])
-    run.log_params({"train_images": len(train_ids), "val_images": len(val_ids), **{f"pretrain.{k}": v for k, v in pre.items()},
-                    **{f"model.{k}": v for k, v in cfg["model"].items()}})
+    where = {"images": pre["images"], "repeat": splits["repeat"] if fold is not None else None, "fold": fold}
+    run.log_params({"train_images": len(train_ids), "val_images": len(val_ids), "seed": seed, **{f"pretrain.{k}": v for k, v in pre.items()},
+                    **{f"model.{k}": v for k, v in cfg["model"].items()},
+                    "seen_validation_images": seen["validation"], "seen_test_images": seen["test"]})
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / layout.PRETRAINED
-    key = resume_key(cfg["pretrain"], cfg["model"], cfg["study"]["seed"], data.fingerprint, train_ids, val_ids)
+    key = resume_key(cfg["pretrain"], cfg["model"], seed, data.fingerprint, train_ids, val_ids)
     store = ResumeStore(out_dir / RESUME_DIR, key)
     stopper, history = fit_resumable(
         model, train_loader, val_loader, loss_fn, optimizer, execution,
@@ -91,10 +124,13 @@ def pretrain_colorization(
     from .report import figures  # matplotlib (~0.5 s) only for the pretraining job's figure
 
     (out_dir / layout.COLORIZATION_SAMPLES).write_bytes(figures.colorization_grid(samples))
-    summary = {"best_epoch": stopper.best_epoch, "best_val_mse": stopper.best, "target": target,
-               "train_images": len(train_ids), "val_images": len(val_ids), "run_id": run.run_id}
+    # What the pretraining saw, by id: the report states it and the tests check it against the splits.
+    summary = {"best_epoch": stopper.best_epoch, "best_val_mse": stopper.best, "target": target, **where, "seed": seed,
+               "train_images": len(train_ids), "val_images": len(val_ids), "seen": seen, "ids": sorted(ids),
+               "run_id": run.run_id}
     (out_dir / layout.SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     run.log_metrics({"best_val_mse": stopper.best})
+    run.log_artifact(out_dir / layout.SUMMARY)
     run.log_artifact(out_dir / layout.COLORIZATION_SAMPLES)
     run.log_artifact(out_dir / layout.HISTORY)
     store.clear()

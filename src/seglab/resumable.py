@@ -56,6 +56,7 @@ def fit_resumable(
     scheduler: Any = None,
     on_epoch_start: Any = None,
     validate: Any = None,
+    train_metrics: MetricAccumulator | None = None,
 ) -> tuple[EarlyStopping, list[dict[str, Any]]]:
     """``engine.fit`` with a resume state saved after every epoch and restored at start.
 
@@ -95,5 +96,5 @@ def fit_resumable(
 
     selector = fit(model, train_loader, val_loader, loss_fn, optimizer, execution, epochs, patience, on_epoch,
                    metrics, scheduler=scheduler, start_epoch=start_epoch, stopper=stopper, selector=selector,
-                   on_epoch_start=on_epoch_start, validate=validate)
+                   on_epoch_start=on_epoch_start, validate=validate, train_metrics=train_metrics)
     return selector, history

@@ -136,6 +136,7 @@ def train_fold(
     # and start moving as soon as the encoder is unfrozen.
     optimizer = build_optimizer(variant["optimizer"], model.parameters())
     metrics = MetricAccumulator(data.num_classes, ignore, data.foreground_classes)
+    train_metrics = MetricAccumulator(data.num_classes, ignore, data.foreground_classes)  # train_dice ... per epoch
     params = count_parameters(model)
     stopper, selector = build_stoppers(cfg_train)
     schedule = build_schedule(variant["schedule"], optimizer, cfg_train["epochs"], stopper.mode)
@@ -177,6 +178,7 @@ def train_fold(
         model, train_loader, val_loader, loss_fn, optimizer, execution,
         cfg_train["epochs"], cfg_train["patience"], store, run, prefix, metrics, augment,
         stopper=stopper, selector=selector, scheduler=schedule, on_epoch_start=on_epoch_start, validate=validate,
+        train_metrics=train_metrics,
     )
     # Summed over epochs, so a resumed job reports its whole training time, not the last attempt's.
     seconds = sum(r["seconds"] for r in history)
@@ -188,6 +190,7 @@ def train_fold(
         "variant": variant["variant"], "repeat": splits["repeat"], "fold": fold, "seed": seed, "best_epoch": selector.best_epoch,
         "epochs_run": len(history), "train_seconds": round(seconds, 2), "device": device.type,
         **params, "init": init["init"], "init_tensors_loaded": init["loaded"],
+        "init_weights": str(init_weights) if init_weights is not None else None,
         "encoder_frozen": cfg_train["freeze_encoder"], "encoder_unfrozen_at_epoch": unfreeze_at,
         "monitor": stopper.monitor, "checkpoint_metric": selector.monitor,
         "stopped_early": len(history) < cfg_train["epochs"], "train_samples_per_epoch": len(train_set),

@@ -7,7 +7,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from seglab import layout
-from seglab.config import ConfigError, fold_count, pretrain_key, read_yaml, stage_configs, validate, write_if_changed
+from seglab.config import (ConfigError, fold_count, pretrain_key, pretrains_per_fold, read_yaml, stage_configs, validate,
+                           write_if_changed)
 
 
 def _raw_config():
@@ -75,8 +76,16 @@ GPU = _uses_gpu()
 TRAIN_THREADS = 4 if GPU else 1
 
 
-def pretrain_dir(variant):
-    return L.pretrain_dir(pretrain_key(CFG["variants"][variant]))
+# Colorization pretraining never sees what its models are validated or tested on: one per
+# repeat and fold on that fold's training images (pretrain.images: fold), or one on the
+# dataset's unlabelled pool (pretrain.images: unlabelled; `auto` was resolved by validate).
+PRETRAIN_PER_FOLD = pretrains_per_fold(CFG)
+
+
+def pretrain_dir(variant, repeat=None, fold=None):
+    """The pretraining a variant of ``repeat`` and ``fold`` starts from (the pool's: the same for all)."""
+    arch = pretrain_key(CFG["variants"][variant])
+    return L.pretrain_dir(arch, repeat, fold) if PRETRAIN_PER_FOLD else L.pretrain_dir(arch)
 
 
 def get_raw_dir(wildcards=None):
@@ -90,7 +99,7 @@ def get_init_weights(wildcards):
     """The weights a variant starts from: its colorization pretraining or its init_file."""
     variant = CFG["variants"][wildcards.variant]
     if variant["init"] == "colorization":
-        return f"{pretrain_dir(wildcards.variant)}/{layout.PRETRAINED}"
+        return f"{pretrain_dir(wildcards.variant, wildcards.repeat, wildcards.fold)}/{layout.PRETRAINED}"
     if variant["init"] == "file":
         return variant["init_file"]
     return []
@@ -112,10 +121,11 @@ def _refuse_colorization_on_grey():
 _refuse_colorization_on_grey()
 
 
-def pretrain_samples():
-    """The samples figure of every colorization pretraining the study runs."""
-    dirs = sorted({pretrain_dir(v) for v in VARIANTS if CFG["variants"][v]["init"] == "colorization"})
-    return [f"{d}/{layout.COLORIZATION_SAMPLES}" for d in dirs]
+def pretrain_files(name):
+    """File ``name`` of every colorization pretraining the study runs (per fold: every repeat's folds)."""
+    users = [v for v in VARIANTS if CFG["variants"][v]["init"] == "colorization"]
+    dirs = sorted({pretrain_dir(v, r, k) for v in users for r in REPEATS for k in FOLDS})
+    return [f"{d}/{name}" for d in dirs]
 
 
 def fold_files(variant, name, repeat):

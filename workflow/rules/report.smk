@@ -25,7 +25,8 @@ rule report:
         per_image=eval_files(layout.PER_IMAGE, [0]),
         per_class=eval_files(layout.PER_CLASS, [0]),
         predictions=eval_files(layout.ENSEMBLE_PREDICTIONS, [0]),
-        pretrain_samples=pretrain_samples(),
+        pretrain_samples=pretrain_files(layout.COLORIZATION_SAMPLES),
+        pretrain_summaries=pretrain_files(layout.SUMMARY),
     params:
         # Not inputs: train writes augmentation.png only for variants that augment, as an extra
         # beside its declared outputs, before the checkpoint every evaluation (an input) needs.

@@ -60,7 +60,7 @@ def fetch_dataset(dataset: dict[str, Any], out_dir: Path, progress: bool = True)
     try:
         if source == "builtin":
             b = dataset["builtin"]
-            generate_dataset(tmp, b["kind"], b["count"], b["size"], b["seed"], groups=b["groups"])
+            generate_dataset(tmp, b["kind"], b["count"], b["size"], b["seed"], groups=b["groups"], unlabelled=b["unlabelled"])
         elif source == "url":
             if not dataset["url"]["archives"]:
                 raise DataError("dataset.url.archives is empty. List the archive(s) to download, each with its url and sha256.")

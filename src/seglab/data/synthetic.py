@@ -37,6 +37,11 @@ KINDS = ("lesions", "instruments")
 # Files in images/ and masks/ that this module owns (used to drop stale pairs
 # left by an earlier, larger generation into the same directory).
 _ID_FILE_RE = re.compile(r"^p\d+_\d+\.png$")
+_POOL_FILE_RE = re.compile(r"^u\d+\.png$")
+# The unlabelled pool's folder, and the random stream its images are drawn from (labelled
+# pairs use the stream [seed, index], the pool [seed, index, UNLABELLED_STREAM]).
+UNLABELLED_DIR = "unlabelled"
+UNLABELLED_STREAM = 1
 
 _MIN_SIZE = 16
 
@@ -49,7 +54,7 @@ FloatArray = np.ndarray
 
 
 def generate_dataset(
-    out_dir: Path, kind: str, count: int, size: int, seed: int, groups: int = 8
+    out_dir: Path, kind: str, count: int, size: int, seed: int, groups: int = 8, unlabelled: int = 0
 ) -> dict:
     """Write a synthetic dataset to ``out_dir`` and return its classes dict.
 
@@ -58,6 +63,10 @@ def generate_dataset(
         out_dir/images/<id>.png   RGB uint8, size x size
         out_dir/masks/<id>.png    mode 'L'; 0/255 for ``lesions``,
                                   class indices 0..2 for ``instruments``
+        out_dir/unlabelled/u<i>.png  ``unlabelled`` more images, no masks: a pool for
+                                  colorization pretraining, drawn from a stream of
+                                  their own (``generate_pair(..., stream=UNLABELLED_STREAM)``)
+                                  so that none is a labelled image
         out_dir/classes.json      {"names", "mask_encoding", "ignore_index"}
 
     Ids look like ``p03_0017``: image ``i`` belongs to synthetic patient
@@ -102,9 +111,18 @@ def generate_dataset(
         _save_png(labels, mask_dir / f"{sample_id}.png")
         written.add(f"{sample_id}.png")
 
-    for directory in (img_dir, mask_dir):
-        for path in directory.iterdir():
-            if _ID_FILE_RE.match(path.name) and path.name not in written:
+    pool_dir = out_dir / UNLABELLED_DIR
+    if unlabelled:
+        pool_dir.mkdir(exist_ok=True)
+    uw = max(4, len(str(unlabelled - 1)))
+    for i in range(unlabelled):
+        image, _ = generate_pair(kind, i, size, seed, stream=UNLABELLED_STREAM)
+        _save_png(image, pool_dir / f"u{i:0{uw}d}.png")
+        written.add(f"u{i:0{uw}d}.png")
+
+    for directory in (img_dir, mask_dir, pool_dir):
+        for path in directory.iterdir() if directory.is_dir() else []:
+            if (_ID_FILE_RE.match(path.name) or _POOL_FILE_RE.match(path.name)) and path.name not in written:
                 path.unlink()
 
     _atomic_write_bytes(
@@ -113,7 +131,7 @@ def generate_dataset(
     return classes
 
 
-def generate_pair(kind: str, index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def generate_pair(kind: str, index: int, size: int, seed: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Generate one ``(image, labels)`` pair.
 
     Returns:
@@ -122,14 +140,16 @@ def generate_pair(kind: str, index: int, size: int, seed: int) -> tuple[np.ndarr
             0..2 for ``instruments``).
 
     Deterministic for ``(kind, index, size, seed)``; the generator is seeded
-    with ``[seed, index]`` so pair ``index`` does not depend on the others.
+    with ``[seed, index]`` so pair ``index`` does not depend on the others;
+    ``stream`` > 0 draws from ``[seed, index, stream]`` instead, a sequence no
+    labelled pair is drawn from (the unlabelled pool).
     """
     _check_kind(kind)
     _check_size(size)
     _check_seed(seed)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
-    rng = np.random.default_rng([int(seed), int(index)])
+    rng = np.random.default_rng([int(seed), int(index)] + ([int(stream)] if stream else []))
     return _GENERATORS[kind](rng, int(size))
 
 

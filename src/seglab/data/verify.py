@@ -183,7 +183,7 @@ def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[s
     """Check every pair under ``root``; raise DataError (policy ``fail``) or skip bad pairs."""
     dataset = effective_dataset(dataset)
     classes = resolve_classes(dataset, root)
-    layout = _builtin_layout() if dataset["source"] == "builtin" else dataset["folder"]
+    layout = _builtin_layout(dataset["builtin"]) if dataset["source"] == "builtin" else dataset["folder"]
     pairs, problems, left_out = discover_layout(root, layout)
     ok: list[dict[str, Any]] = []
     seen: dict[str, tuple[str, str | None]] = {}
@@ -194,10 +194,13 @@ def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[s
             continue
         first = seen.get(record["sha256_image"])
         if pair.get("role") == UNLABELLED:
-            # Colorizing copies of training images is fine; copies of test images would leak them.
-            if first is not None and first[1] in ("test", UNLABELLED):
-                problems.append({"id": pair["id"], "file": pair["image"],
-                                 "problem": f"duplicate (same sha256) of {'test image ' if first[1] == 'test' else ''}{first[0]}"})
+            # The pool is what pretraining sees instead of the labelled images: a copy of one of
+            # them would let it see an image that is validated or tested on.
+            if first is not None:
+                which = "" if first[1] == UNLABELLED else f"{first[1] or 'labelled'} image "
+                problems.append({"id": pair["id"], "file": pair["image"], "problem": f"duplicate (same sha256) of {which}{first[0]}"
+                                 + ("" if first[1] == UNLABELLED else "; colorization pretraining on the unlabelled pool "
+                                    "would see an image that is validated or tested on")})
                 continue
         elif first is not None:
             problems.append({"id": pair["id"], "file": pair["image"], "problem": f"duplicate (same sha256) of {first[0]}"})
@@ -227,7 +230,9 @@ def verify_dataset(root: Path, dataset: dict[str, Any], on_error: str) -> dict[s
     return report
 
 
-def _builtin_layout() -> dict[str, Any]:
-    """Generated and downloaded data are laid out as images/<id>.png + masks/<id>.png."""
+def _builtin_layout(builtin: dict[str, Any]) -> dict[str, Any]:
+    """Generated data are laid out as images/<id>.png + masks/<id>.png, and its unlabelled pool as
+    unlabelled/<id>.png (seglab.data.synthetic.UNLABELLED_DIR)."""
     return {"images": "images", "masks": "masks", "image_regex": "^(?P<id>.+)$",
-            "mask_regex": "^(?P<id>.+)$", "group_regex": r"^(?P<group>[^_]+)_"}
+            "mask_regex": "^(?P<id>.+)$", "group_regex": r"^(?P<group>[^_]+)_",
+            UNLABELLED: UNLABELLED if builtin["unlabelled"] else None}

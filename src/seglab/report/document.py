@@ -29,6 +29,7 @@ COLUMNS = [
     ("repeats", "repeats", None),
     ("cv_dice_mean", "CV Dice (best epoch chosen on the same fold)", "max"), ("cv_dice_sd", "± sd over folds", "min"),
     ("cv_dice_repeat_sd", "± run-to-run sd", "min"), ("cv_dice_ci", "CV Dice 95% CI", None),
+    ("cv_dice_xfold_epoch_mean", "CV Dice (epoch chosen on the other folds)", "max"),
     ("cv_iou_mean", "CV IoU", "max"), ("oof_dice", "pooled OOF Dice", "max"),
     ("test_dice", "test Dice (ensemble, mean over repeats)", "max"), ("test_dice_repeat_sd", "± run-to-run sd", "min"),
     ("test_dice_per_repeat", "test Dice per repeat", None), ("ranked_first", "ranked first (share of repeats)", "max"),
@@ -247,7 +248,8 @@ def run_ids_html(metrics: dict[str, Any], pretrain_dirs: list[Path]) -> str:
     for folder in pretrain_dirs:
         summary = folder / layout.SUMMARY
         run_id = json.loads(summary.read_text()).get("run_id") if summary.is_file() else None
-        rows.append(f"<tr><th>pretrain {html.escape(folder.name)}</th><td><code>{html.escape(str(run_id))}</code></td><td></td></tr>")
+        rows.append(f"<tr><th>pretrain {html.escape(pretrain_label(folder))}</th><td><code>{html.escape(str(run_id))}</code></td>"
+                    "<td></td></tr>")
     return ("<p>Every number above comes from these MLflow runs (variant = parent run holding the test and OOF "
             "metrics; folds = child runs holding every epoch). Open them with <code>mlflow ui</code> and search "
             "<code>attributes.run_id = '&lt;id&gt;'</code>.</p>"
@@ -284,7 +286,9 @@ def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
         "splits": f"test {len(inputs.splits['test'])} images, {len(inputs.splits['folds'])} folds of "
                   f"{', '.join(str(len(f)) for f in inputs.splits['folds'])} (split seed {inputs.splits.get('seed')})",
         "repeats": _repeats_fact(metrics.get("repeats", 1)),
-        **({"colorization pretraining images": _pretraining_images(inputs.splits)} if inputs.pretrain_dirs else {}),
+        **({"colorization pretraining images": pretraining_images(study, [json.loads((d / layout.SUMMARY).read_text())
+                                                                          for d in inputs.pretrain_dirs])}
+           if inputs.pretrain_dirs else {}),
         "class frequency": ", ".join(f"{n} {f:.3f}" for n, f in zip(fp["classes"], fp["class_frequency"])),
         "baseline": metrics["baseline"],
         "best variant (test Dice)": metrics["best_variant"],
@@ -334,12 +338,41 @@ def _repeats_fact(repeats: int) -> str:
     return "1 (split.repeats: 1): run-to-run variance was not measured"
 
 
-def _pretraining_images(splits: dict[str, Any]) -> str:
-    """Which images colorization pretraining saw (without labels), said plainly."""
-    if splits.get("unlabelled"):
-        return f"the dataset's unlabelled pool ({len(splits['unlabelled'])} images); no validation or test image"
-    return ("every non-test image, without labels: the folds' validation images are among them (their labels never "
-            "are), so the CV scores of colorization variants may be slightly optimistic; no test image")
+def pretrain_label(folder: Path) -> str:
+    """``<arch>`` for a pretraining on the pool, ``<arch> r<repeat> fold<k>`` for one on a fold's images."""
+    try:
+        arch, repeat, fold = layout.run_of(folder)
+    except ValueError:
+        return folder.name
+    return f"{arch} {layout.repeat_name(repeat)} {layout.fold_name(fold)}"
+
+
+def pretraining_images(study: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
+    """Which images colorization pretraining saw (without labels), said plainly from what each
+    pretraining recorded (its mode, its image count, and how many of its ids are validated or tested on)."""
+    seen_val = sum(s["seen"]["validation"] for s in summaries)
+    seen_test = sum(s["seen"]["test"] for s in summaries)
+    checked = (f"checked against the ids every pretraining recorded: {seen_val} validation and {seen_test} test "
+               "image(s) among them")
+    sizes = sorted({s["train_images"] + s["val_images"] for s in summaries})
+    count = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    if {s["images"] for s in summaries} == {"fold"}:
+        return (f"each fold's own training images (pretrain.images: fold): one pretraining per architecture, repeat and "
+                f"fold ({len(summaries)} in all, {count} images each), so no encoder saw the images its fold is "
+                f"validated on, and none saw a test image ({checked})")
+    dataset = study["dataset"]
+    where = ("generated apart from the labelled images, dataset.builtin.unlabelled" if dataset["source"] == "builtin"
+             else f"dataset.folder.unlabelled: {dataset['folder']['unlabelled']}")
+    return (f"the dataset's unlabelled pool (pretrain.images: unlabelled; {count} images, {where}), one pretraining per "
+            f"architecture: no training, validation or test image ({checked})")
+
+
+def _first_per_arch(folders: list[Path]) -> list[Path]:
+    """One pretraining per architecture (the first of its repeats and folds), in path order."""
+    first: dict[str, Path] = {}
+    for folder in sorted(folders):
+        first.setdefault(pretrain_label(folder).split(" ")[0], folder)
+    return list(first.values())
 
 
 def build_report(inputs: ReportInputs, out_dir: Path) -> None:
@@ -356,7 +389,10 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 "<h2>Variants</h2>",
                 "<p>CV: each fold's validation score at its best epoch, chosen on that same fold (so slightly "
                 "optimistic), mean ± sd and t-based 95% CI over every repeat's folds; ± run-to-run sd: the sd over "
-                "repeats of the repeat means. Pooled OOF: "
+                "repeats of the repeat means. CV Dice (epoch chosen on the other folds): each fold scored at the epoch "
+                "whose selection value, averaged over the other folds of its repeat, is best, so its own validation "
+                "labels did not pick it (its early stopping still read them; – where a repeat has one fold or "
+                "evaluate.cv_epoch_from_other_folds is off). Pooled OOF: "
                 "every fold's best checkpoint on its own validation fold, all out-of-fold images scored together. "
                 "Test: each repeat's fold ensemble (mean of its folds' probabilities) on the held-out test set, the mean "
                 "over repeats with its run-to-run sd and the value per repeat, and each fold model alone. Dice and IoU are per image, averaged over foreground classes then over images; an image where a "
@@ -399,12 +435,16 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
         rows = sample_rows(data, inputs.splits["test"], eval_dir)
         sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"samples_{variant}", figures.sample_grid(rows, data.num_classes), f"samples {variant}"))
     if inputs.pretrain_dirs:
-        sections.append("<h2>Colorization pretraining</h2>")
-        for folder in inputs.pretrain_dirs:
+        sections.append(f"<h2>Colorization pretraining</h2><p>Images: {html.escape(facts['colorization pretraining images'])}."
+                        + (" Shown: each architecture's first pretraining (repeat 0, fold 0); every one is in the MLflow "
+                           "runs below." if len(inputs.pretrain_dirs) > len(_first_per_arch(inputs.pretrain_dirs)) else "")
+                        + "</p>")
+        for folder in _first_per_arch(inputs.pretrain_dirs):
             history = pd.read_csv(folder / layout.HISTORY)
-            sections.append(f"<h3>{html.escape(folder.name)}</h3>"
-                            + figs.add(f"pretrain_curve_{folder.name}", figures.pretrain_curve(history), "pretraining curve")
-                            + figs.add(f"pretrain_samples_{folder.name}", (folder / layout.COLORIZATION_SAMPLES).read_bytes(), "recoloured samples"))
+            label = pretrain_label(folder)
+            sections.append(f"<h3>{html.escape(label)}</h3>"
+                            + figs.add(f"pretrain_curve_{label}", figures.pretrain_curve(history), "pretraining curve")
+                            + figs.add(f"pretrain_samples_{label}", (folder / layout.COLORIZATION_SAMPLES).read_bytes(), "recoloured samples"))
     sections.append("<h2>MLflow runs</h2>" + run_ids_html(metrics, inputs.pretrain_dirs))
     if verify["problems"]:
         sections.append("<h2>Verification problems</h2><ul>" + "".join(
@@ -419,7 +459,9 @@ def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str,
     lines += [f"- **{k}**: {v}" for k, v in facts.items() if k != "study"]
     lines += ["", "## Variants", "", table_markdown(table), "",
               "CV: mean ± sd (95% CI) over every repeat's folds of each fold's validation score at its best epoch, "
-              "chosen on that same fold; ± run-to-run sd: over repeats. Pooled OOF: all out-of-fold predictions scored "
+              "chosen on that same fold; ± run-to-run sd: over repeats. CV Dice (epoch chosen on the other folds): "
+              "each fold at the epoch best on average over the other folds of its repeat, not on its own labels. "
+              "Pooled OOF: all out-of-fold predictions scored "
               "together. Test: each repeat's fold ensemble on the held-out test set, mean over repeats.", ""]
     if metrics and metrics.get("sweep"):
         head, rows = sweep_rows(metrics)

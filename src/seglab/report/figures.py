@@ -32,8 +32,11 @@ def _runs(frame: pd.DataFrame) -> list[tuple[tuple[int | None, int], pd.DataFram
 
 def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
     """Per training run (repeat and fold) of one variant: train and validation loss (left) and
-    the validation score per epoch (right; Dice for segmentation)."""
+    the score per epoch (right; Dice for segmentation), training solid and validation dashed in both
+    (the training score comes from the training batches as they were trained on; histories older
+    than it have none)."""
     score = next((c for c in ("val_dice", "val_accuracy") if c in curves), None)
+    train_score = score.replace("val_", "train_", 1) if score else None
     fig, axes = plt.subplots(1, 2 if score else 1, figsize=(9.6 if score else 5.2, 3.4), squeeze=False)
     loss_ax = axes[0, 0]
     for (repeat, fold), frame in _runs(curves[curves["variant"] == variant]):
@@ -41,7 +44,11 @@ def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
         line = loss_ax.plot(frame["epoch"], frame["train_loss"], marker="o", ms=3, label=f"{name} train")[0]
         loss_ax.plot(frame["epoch"], frame["val_loss"], "--", marker="x", ms=3, color=line.get_color(), label=f"{name} val")
         if score:
-            axes[0, 1].plot(frame["epoch"], frame[score], marker="o", ms=3, color=line.get_color(), label=name)
+            # As the loss panel: training solid, validation dashed.
+            if train_score in frame and frame[train_score].notna().any():
+                axes[0, 1].plot(frame["epoch"], frame[train_score], marker="o", ms=3, color=line.get_color(),
+                                label=f"{name} train")
+            axes[0, 1].plot(frame["epoch"], frame[score], "--", marker="x", ms=3, color=line.get_color(), label=f"{name} val")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.set_title(variant)
@@ -49,8 +56,8 @@ def learning_curves(curves: pd.DataFrame, variant: str) -> bytes:
     loss_ax.grid(alpha=0.3)
     if score:
         axes[0, 1].set_xlabel("epoch")
-        axes[0, 1].set_ylabel(score.replace("_", " "))
-        axes[0, 1].set_title(f"{variant}: validation score")
+        axes[0, 1].set_ylabel(score.removeprefix("val_").replace("_", " "))
+        axes[0, 1].set_title(f"{variant}: train and validation {score.removeprefix('val_')}")
         axes[0, 1].legend(fontsize=7, ncol=2)
         axes[0, 1].grid(alpha=0.3)
     return to_png(fig)
