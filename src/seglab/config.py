@@ -342,6 +342,13 @@ def _check_task(cfg: dict[str, Any], source: str) -> None:
         if task != "classification" and (variant["train"]["last_layer_only"] or loss.get("label_smoothing")):
             key = "train.last_layer_only" if variant["train"]["last_layer_only"] else "loss.label_smoothing"
             raise ConfigError(f"{source}: key '{where}.{key}': classification only (study.task is {task}). Remove it.")
+        if variant["model"]["name"] == "backbone":
+            from .classification.models import check_arch
+
+            try:
+                check_arch(variant["model"]["arch"])
+            except ValueError as exc:
+                raise _keyed(exc, source, f"{where}.model") from None
         if variant["train"]["last_layer_only"] and variant["train"]["freeze_encoder"]:
             raise ConfigError(f"{source}: key '{where}.train.last_layer_only': already freezes the encoder; "
                               "remove train.freeze_encoder (or last_layer_only).")

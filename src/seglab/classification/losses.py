@@ -83,7 +83,8 @@ class AccuracyAccumulator:
 
 
 def scores_from_matrix(matrix: np.ndarray | Sequence[Sequence[int]]) -> dict[str, float]:
-    """accuracy, balanced accuracy (mean recall over present classes) and macro F1 of a confusion matrix M[true, pred]."""
+    """accuracy, balanced accuracy (mean recall over present classes) and macro F1 (over every class,
+    as :func:`seglab.class_scores.classification_scores` defines it) of a confusion matrix M[true, pred]."""
     m = np.asarray(matrix, dtype=float)
     tp = np.diag(m)
     support, predicted = m.sum(axis=1), m.sum(axis=0)
@@ -93,4 +94,4 @@ def scores_from_matrix(matrix: np.ndarray | Sequence[Sequence[int]]) -> dict[str
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
     return {"accuracy": float(tp.sum() / max(m.sum(), 1)),
             "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
-            "macro_f1": float(f1[present].mean()) if present.any() else float("nan")}
+            "macro_f1": float(f1.mean())}

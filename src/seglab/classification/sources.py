@@ -8,7 +8,7 @@ like a user's ``class_folder``:
 * ``shapes`` — the built-in synthetic shapes (:mod:`seglab.data.synthetic_classes`), with each
   image's evidence mask in ``evidence/<id>.png`` (the pixels that decide the class);
 * ``torchvision`` — FashionMNIST, MNIST or CIFAR-10 through torchvision's own download, which
-  checks every file's MD5; the test part's ids go to ``test.txt`` (for ``split.test_file``).
+  checks every file's MD5; the test part's ids go to ``images/test.txt`` (``split.test_file: test.txt``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ def write_shapes(shapes_cfg: dict[str, Any], out: Path) -> int:
     return len(shapes.labels)
 
 
-# torchvision's class for each name, and whether it reads its files with `train=`.
 TORCHVISION_CLASSES = ("FashionMNIST", "MNIST", "CIFAR10")
 
 
@@ -105,7 +104,8 @@ def write_torchvision(cfg: dict[str, Any], out: Path) -> int:
             if not train:
                 test_ids.append(image_id)
         count += n
-    (out / TEST_LIST).write_text("\n".join(test_ids) + "\n")
+    # Beside the class folders, in the root verification records, so split.test_file: test.txt finds it.
+    (out / IMAGES_DIR / TEST_LIST).write_text("\n".join(test_ids) + "\n")
     return count
 
 
