@@ -246,3 +246,27 @@ def test_torchvision_checksum_mismatch_and_offline_are_one_clear_error(tmp_path:
     with pytest.raises(DataError, match="may be offline") as error:
         write_torchvision(offline, tmp_path / "offline" / "mnist")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"dataset": {"source": "builtin"}}, "dataset.source"),
+    ({"defaults": {"model": {"name": "unet"}, "loss": {"name": "ce"}}}, "variants.a.model.name"),
+    ({"defaults": {"model": {"name": "vgg"}, "loss": {"name": "dice"}}}, "variants.a.loss.name"),
+    ({"defaults": {"model": {"name": "vgg"}, "loss": {"name": "ce"}, "init": "colorization"}}, "variants.a.init"),
+    ({"defaults": {"model": {"name": "backbone", "arch": "no_such_net"}, "loss": {"name": "ce"}}}, "variants.a.model.arch"),
+    ({"dataset": {"source": "class_table", "folder": {"root": "x"}}}, "dataset.labels.table"),
+])
+def test_config_keeps_sources_models_losses_and_inits_to_their_task(change: dict, key: str) -> None:
+    from seglab.config import ConfigError, deep_merge, validate
+
+    base = {"study": {"task": "classification"}, "dataset": {"source": "digits"},
+            "defaults": {"model": {"name": "vgg"}, "loss": {"name": "ce"}}, "variants": {"a": {}}}
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        validate(deep_merge(base, change))
+
+
+def test_classification_keys_are_refused_in_a_segmentation_study() -> None:
+    from seglab.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="key .variants.a.train.last_layer_only.: classification only"):
+        validate({"defaults": {"train": {"last_layer_only": True}}, "variants": {"a": {}}})

@@ -348,7 +348,7 @@ def _check_task(cfg: dict[str, Any], source: str) -> None:
             try:
                 check_arch(variant["model"]["arch"])
             except ValueError as exc:
-                raise _keyed(exc, source, f"{where}.model") from None
+                raise _keyed(exc, source, where) from None
         if variant["train"]["last_layer_only"] and variant["train"]["freeze_encoder"]:
             raise ConfigError(f"{source}: key '{where}.train.last_layer_only': already freezes the encoder; "
                               "remove train.freeze_encoder (or last_layer_only).")
