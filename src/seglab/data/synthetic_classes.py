@@ -4,10 +4,12 @@ Each image shows exactly one filled shape (circle, square or triangle); the shap
 is the class.  Everything else in the image carries no class information, so a model must
 find the shape to classify, and a class activation map that looks anywhere else misses:
 
-* the shape's place, size, rotation and colour are drawn from the same distributions for
-  every class (the three shapes have equal area, so size is no cue either);
-* the background is a smooth coloured texture, crossed by thin straight lines whose
-  colours come from the same distribution as the shape's, plus sensor noise.
+* the shape's place, size, tilt (upright +- 20 degrees) and colour are drawn from the same
+  distributions for every class (the three shapes have equal area, so size is no cue either,
+  and one border margin, the triangle's, so place is none);
+* the background is a coloured field with a faint, broad shading (too broad to look like a
+  shape: finer blobs were taken for circles), crossed by thin straight lines whose colours
+  come from the same distribution as the shape's, plus sensor noise.
 
 ``evidence`` marks the deciding shape's pixels, so tests can check that a CAM points at it.
 
@@ -33,9 +35,10 @@ __all__ = ["CLASS_NAMES", "ShapeSet", "make_shapes", "shape_ids", "write_evidenc
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 
 _MIN_SIZE = 24  # below this the shapes are a handful of pixels and hardly tell apart
-_RADIUS = (0.10, 0.15)  # radius of the equal-area circle, in image widths
+_RADIUS = (0.14, 0.19)  # radius of the equal-area circle, in image widths
 _TRIANGLE_R = float(np.sqrt(4 * np.pi / (3 * np.sqrt(3))))  # circumradius of the equal-area triangle / r
 _SQUARE_H = float(np.sqrt(np.pi) / 2)  # half side of the equal-area square / r
+_TILT = np.deg2rad(20)  # shapes stand upright, tilted by at most this much
 
 
 @dataclass(frozen=True)
@@ -152,12 +155,12 @@ def _draw(rng: np.random.Generator, size: int, shape: Callable) -> tuple[np.ndar
     # One margin for all shapes (that of the widest, the triangle), so place is no cue.
     margin = _TRIANGLE_R * r + 1.5 / size
     cy, cx = rng.uniform(margin, 1 - margin, 2)
-    angle = rng.uniform(0, 2 * np.pi)
+    angle = rng.uniform(-_TILT, _TILT)
     background = rng.uniform(50, 205, 3)
-    texture_gain = rng.uniform(8, 25)
-    n_lines = int(rng.integers(3, 8))
+    texture_gain = rng.uniform(4, 12)
+    n_lines = int(rng.integers(2, 6))
     lines = [
-        (rng.uniform(0, 1, 2), rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.1), rng.uniform(0, 255, 3))
+        (rng.uniform(0, 1, 2), rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.8), rng.uniform(0, 255, 3))
         for _ in range(n_lines)
     ]
     shape_colour = _colour(rng, float(background.mean()))
@@ -181,7 +184,7 @@ def _draw(rng: np.random.Generator, size: int, shape: Callable) -> tuple[np.ndar
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth zero-mean unit-std noise: a coarse random lattice, bilinearly enlarged."""
-    cells = 6
+    cells = 3
     lattice = rng.standard_normal((cells + 1, cells + 1))
     pos = np.linspace(0, cells, size)
     i0 = np.minimum(pos.astype(int), cells - 1)
