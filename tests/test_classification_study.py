@@ -1,6 +1,7 @@
 """A tiny classification study through the real workflow (Snakemake, MLflow in SQLite), run once
 for the module and shared by every assertion: the same stages and rules as segmentation, with
-the task's data, models, metrics and report; then `seglab predict` on the study's models.
+the task's data, models, metrics, CAM overlays and report; then `seglab predict` (with --cam)
+on the study's models.
 
 Data: the built-in synthetic shapes (offline), 48 images at 32 px, 2 folds, two variants (a
 VGG-style net and a small ResNet), 2 epochs each.
@@ -61,10 +62,11 @@ def test_study_writes_the_classification_table_and_report(shapes_study) -> None:
     assert comparisons["metric"] == "accuracy" and "mean accuracy difference" in comparisons["comparisons"][0]["sentence"]
     page = (out / "report" / "index.html").read_text()
     for section in ("Variants", "Significance against the baseline", "Learning curves (loss and validation accuracy)",
-                    "Per class and confusion matrices", "Augmentation", "MLflow runs"):
+                    "Per class and confusion matrices", "Augmentation", "Class activation maps", "MLflow runs"):
         assert f"{section}" in page, section
     figures = {p.name for p in (out / "report" / "figures").glob("*.png")}
-    assert {"confusion_vgg.png", "confusion_resnet.png", "curves_vgg.png", "curves_resnet.png"} <= figures
+    assert {"confusion_vgg.png", "confusion_resnet.png", "curves_vgg.png", "curves_resnet.png", "cams_vgg.png",
+            "cams_resnet.png"} <= figures
     assert "test accuracy" in (out / "report" / "summary.md").read_text()
 
 
@@ -79,7 +81,7 @@ def test_study_is_recorded_in_mlflow(shapes_study) -> None:
     assert 0 <= names["vgg"].data.metrics["test_accuracy"] <= 1
     assert len(client.get_metric_history(names["vgg-r0-fold0"].info.run_id, "val_accuracy")) == 2
     artifacts = {a.path for a in client.list_artifacts(names["vgg-r0-evaluate"].info.run_id, "plots")}
-    assert "plots/confusion_matrix.png" in artifacts
+    assert {"plots/confusion_matrix.png", "plots/cam_overlays.png"} <= artifacts
 
 
 def test_predict_writes_class_probabilities(shapes_study) -> None:
@@ -91,7 +93,7 @@ def test_predict_writes_class_probabilities(shapes_study) -> None:
         (folder / path.name).write_bytes(path.read_bytes())
     done = run_seglab(["predict", "--config", str(out / "config" / "variants" / "vgg.json"), "--prepared",
                        str(out / "data" / "prepared"), "--models", str(out / "models" / "vgg"), "--images", str(folder),
-                       "--out", str(root / "predicted")], root)
+                       "--out", str(root / "predicted"), "--cam"], root)
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(root / "predicted" / "predictions.csv")
     assert sorted(table["file"]) == sorted(p.name for p in images)
@@ -99,3 +101,5 @@ def test_predict_writes_class_probabilities(shapes_study) -> None:
     probs = table[["prob_circle", "prob_square", "prob_triangle"]]
     assert (probs.sum(axis=1) - 1).abs().max() < 1e-5
     assert (table["probability"] == probs.max(axis=1)).all()
+    cams = sorted(p.name for p in (root / "predicted" / "cams").glob("*.png"))
+    assert cams == sorted(p.name for p in images)

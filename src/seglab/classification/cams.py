@@ -3,8 +3,8 @@
 The evaluate stage picks the fold ensemble's most confident correct and most confident wrong
 test images, computes the Grad-CAM of the predicted class with every fold model
 (:mod:`seglab.cam`) and averages them (the ensemble's map), and draws them with their true and
-predicted classes (:func:`seglab.report.class_figures.cam_grid_figure`) into ``cam_overlays.png``
-beside the evaluation files.
+predicted classes (:func:`seglab.report.class_figures.cam_grid_figure`) into
+``cam_overlays.png`` (:data:`seglab.layout.CAM_OVERLAYS`) beside the evaluation files.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import torch
 from ..engine import Execution
 from .data import ClassificationDataset
 
-CAM_GRID = "cam_overlays.png"
-
 
 def pick_samples(ensemble: pd.DataFrame, count: int) -> pd.DataFrame:
     """Up to ``count`` correct and ``count`` misclassified rows, the most confident first."""
@@ -31,7 +29,7 @@ def ensemble_cams(models: list[torch.nn.Module], images: torch.Tensor, classes: 
     """(N, H, W) mean over the fold models of each image's Grad-CAM for ``classes``."""
     from ..cam import find_target_layer, grad_cam
 
-    maps = [grad_cam(m, images, find_target_layer(m), classes).detach().cpu() for m in models]
+    maps = [grad_cam(m, images, find_target_layer(m, images[:1]), classes).detach().cpu() for m in models]
     return torch.stack(maps).mean(0).numpy()
 
 

@@ -10,7 +10,8 @@ scores (:mod:`seglab.class_scores`):
 * ``per_class.csv`` — per (set, model, class): precision, recall, F1, support;
 * ``metrics.json`` — per model (``fold<k>``, ``ensemble``) accuracy, balanced accuracy, macro F1,
   ROC AUC; the ensemble's confusion matrix; OOF pooled and per fold; the CV summary; run ids;
-* ``ensemble_predictions.npy`` — the ensemble's (N, K) test probabilities (float32).
+* ``ensemble_predictions.npy`` — the ensemble's (N, K) test probabilities (float32);
+* ``cam_overlays.png`` — Grad-CAMs of the most confident correct and misclassified test images.
 
 The ensemble averages the fold models' probabilities; ``tta`` averages each model over the
 image and its horizontal mirror.
@@ -32,6 +33,7 @@ from ..data.loaders import make_loader
 from ..data.splits import fold_ids
 from ..engine import Execution
 from ..evaluate import EVAL_BATCH, cv_summary
+from .cams import write_cam_grid
 from .data import ClassificationDataset, PreparedImages
 from .models import input_channels
 from .train import load_classifiers
@@ -122,6 +124,9 @@ def evaluate_variant(variant: dict[str, Any], prepared: Path, splits: dict[str, 
     pd.concat(oof_tables, ignore_index=True).to_csv(out_dir / layout.OOF_PER_IMAGE, index=False)
     pd.concat(class_tables, ignore_index=True).to_csv(out_dir / layout.PER_CLASS, index=False)
     np.save(out_dir / layout.ENSEMBLE_PREDICTIONS, per_model[-1].astype(np.float32))
+    ensemble_table = tables[-1]
+    write_cam_grid(models, ClassificationDataset(data, test_ids, channels), ensemble_table, execution,
+                   out_dir / layout.CAM_OVERLAYS, f"{variant['variant']}: Grad-CAM of the predicted class (fold ensemble)")
     metrics = {
         "task": "classification", "variant": variant["variant"], "repeat": splits["repeat"], "test_images": len(test_ids),
         "tta": tta, "classes": classes, "test": test, "test_confusion": confusion, "oof": oof,

@@ -60,7 +60,7 @@ def write_cam(model: torch.nn.Module, x: torch.Tensor, predicted: int, pixels: n
 
     from ..cam import find_target_layer, grad_cam, overlay
 
-    cam = grad_cam(model, x.float(), find_target_layer(model), torch.tensor([predicted], device=x.device))[0]
+    cam = grad_cam(model, x.float(), find_target_layer(model, x.float()), torch.tensor([predicted], device=x.device))[0]
     image = pixels[..., 0] if pixels.shape[2] == 1 else pixels
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, cam.cpu().numpy())).save(path)

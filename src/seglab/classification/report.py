@@ -18,6 +18,7 @@ import pandas as pd
 
 from .. import layout
 from ..report import figures
+from ..report.class_figures import confusion_matrix_figure
 from ..report.document import (Figures, ReportInputs, _cell, _fmt, _page, run_ids_html, significance_html,
                                significance_markdown)
 from .data import PreparedImages
@@ -142,10 +143,11 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
     sections.append("<h2>Per class and confusion matrices (test ensemble, repeat 0)</h2>")
     for variant, eval_dir in inputs.eval_dirs.items():
         evaluation = json.loads((eval_dir / layout.EVAL_METRICS).read_text())
-        sections.append(f"<h3>{html.escape(variant)}</h3>" + per_class_html(eval_dir) + figs.add(
-            f"confusion_{variant}", figures.confusion(np.array(evaluation["test_confusion"]), evaluation["classes"],
-                                                      f"{variant}: test images"), f"confusion matrix {variant}"))
-    sections += cam_sections(inputs, data, figs)
+        matrix = confusion_matrix_figure(evaluation["test_confusion"], evaluation["classes"],
+                                         figs.folder / f"confusion_{variant}.png", f"{variant}: test images")
+        sections.append(f"<h3>{html.escape(variant)}</h3>" + per_class_html(eval_dir)
+                        + figs.add(f"confusion_{variant}", matrix.read_bytes(), f"confusion matrix {variant}"))
+    sections += cam_sections(inputs, figs)
     sections.append("<h2>MLflow runs</h2>" + run_ids_html(metrics, []))
     if inputs.verify["problems"]:
         sections.append("<h2>Verification problems</h2><ul>" + "".join(
@@ -157,6 +159,15 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
     (out_dir / "summary.md").write_text("\n".join(lines))
 
 
-def cam_sections(inputs: ReportInputs, data: PreparedImages, figs: Figures) -> list[str]:
-    """Class activation maps of sample test images per variant (none until seglab.cam is present)."""
-    return []
+def cam_sections(inputs: ReportInputs, figs: Figures) -> list[str]:
+    """Each variant's Grad-CAM overlays of its most confident correct and misclassified test images."""
+    found = {v: d / layout.CAM_OVERLAYS for v, d in inputs.eval_dirs.items() if (d / layout.CAM_OVERLAYS).is_file()}
+    if not found:
+        return []
+    sections = ["<h2>Class activation maps (test set, repeat 0's fold ensemble)</h2>",
+                "<p>Grad-CAM of the predicted class at each network's last feature map, averaged over the fold models: "
+                "where the evidence for the prediction lies. The most confident correct images first, then the most "
+                "confident misclassified ones (red).</p>"]
+    for variant, path in found.items():
+        sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"cams_{variant}", path.read_bytes(), f"class activation maps {variant}"))
+    return sections

@@ -79,17 +79,21 @@ def evaluate_variant(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def record_evaluation(run: Any, cfg: dict[str, Any], out: Path, prepared: Path, splits: dict[str, Any]) -> None:
-    """The evaluation run: the per-image and per-class CSVs, metrics JSON, confusion matrix, config."""
+    """The evaluation run: the per-image and per-class CSVs, metrics JSON, confusion matrix, CAM overlays, config."""
     import json
+    import tempfile
 
     from ..records import record_config
-    from ..report import figures
+    from ..report.class_figures import confusion_matrix_figure
 
     for name in (layout.PER_IMAGE, layout.OOF_PER_IMAGE, layout.PER_CLASS, layout.EVAL_METRICS):
         run.log_artifact(out / name)
     metrics = json.loads((out / layout.EVAL_METRICS).read_text())
-    run.log_bytes(figures.confusion(np.array(metrics["test_confusion"]), metrics["classes"], f"{cfg['variant']}: test images"),
-                  "plots/confusion_matrix.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        run.log_artifact(confusion_matrix_figure(metrics["test_confusion"], metrics["classes"],
+                                                 Path(tmp) / "confusion_matrix.png", f"{cfg['variant']}: test images"), "plots")
+    if (out / layout.CAM_OVERLAYS).is_file():
+        run.log_artifact(out / layout.CAM_OVERLAYS, "plots")
     record_config(run, cfg, "variant")
 
 
