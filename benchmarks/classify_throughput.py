@@ -32,8 +32,8 @@ from seglab.engine import Execution, run_epoch
 from seglab.runtime import select_device
 
 MODELS = {
-    "vgg8": {"name": "vgg", "base": 8, "blocks": 3, "convs_per_block": 2, "batch_norm": True, "dropout": 0.3, "hidden": 64},
-    "vgg16w": {"name": "vgg", "base": 16, "blocks": 4, "convs_per_block": 2, "batch_norm": True, "dropout": 0.3, "hidden": 128},
+    "vgg8": {"name": "vgg", "base": 8, "blocks": 3, "convs_per_block": 2, "batch_norm": True, "dropout": 0.3, "hidden": 64, "pool": "avg"},
+    "vgg16w": {"name": "vgg", "base": 16, "blocks": 4, "convs_per_block": 2, "batch_norm": True, "dropout": 0.3, "hidden": 128, "pool": "avg"},
     "resnet18": {"name": "backbone", "arch": "resnet18"},
 }
 

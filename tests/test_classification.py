@@ -137,9 +137,9 @@ def test_backbones_get_a_new_head_and_freeze_as_asked(name: str) -> None:
 
 def test_small_networks_are_parametric_and_last_layer_only_trains_one_layer() -> None:
     vgg = build_classifier({"name": "vgg", "base": 4, "blocks": 3, "convs_per_block": 2, "batch_norm": True,
-                            "dropout": 0.1, "hidden": 16}, 1, 3)
-    deeper = build_classifier({"name": "resnet", "depth": 5, "base": 4}, 1, 3)
-    shallow = build_classifier({"name": "resnet", "depth": 2, "base": 4}, 1, 3)
+                            "dropout": 0.1, "hidden": 16, "pool": "avg"}, 1, 3)
+    deeper = build_classifier({"name": "resnet", "depth": 5, "base": 4, "pool": "max"}, 1, 3)
+    shallow = build_classifier({"name": "resnet", "depth": 2, "base": 4, "pool": "avg"}, 1, 3)
     for model in (vgg, deeper, shallow):
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
     assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in shallow.parameters())

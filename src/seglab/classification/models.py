@@ -21,14 +21,20 @@ from ..checkpoint import CheckpointError
 TORCHVISION_NAMES = ("vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
 
 
+def global_pool(kind: str) -> nn.Module:
+    """Global average (``avg``) or max (``max``) pooling to one value per channel."""
+    return nn.AdaptiveMaxPool2d(1) if kind == "max" else nn.AdaptiveAvgPool2d(1)
+
+
 class VGGNet(nn.Module):
     """A VGG-style network: ``blocks`` blocks of ``convs_per_block`` 3x3 convolutions (+ batch
     norm) and 2x2 max pooling, widths ``base * 2**b`` (at most 512), then global average pooling
-    and a head Dropout-Linear(hidden)-ReLU-Dropout-Linear(K). Global pooling makes any input side
-    of at least ``2**blocks`` work and gives the plain CAM its feature map."""
+    and a head Dropout-Linear(hidden)-ReLU-Dropout-Linear(K). Global pooling (``avg``, or ``max``:
+    "is the evidence anywhere?", which learns a small object among clutter much sooner) makes any
+    input side of at least ``2**blocks`` work."""
 
     def __init__(self, in_channels: int, num_classes: int, base: int, blocks: int, convs_per_block: int,
-                 batch_norm: bool, dropout: float, hidden: int) -> None:
+                 batch_norm: bool, dropout: float, hidden: int, pool: str = "avg") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -41,7 +47,7 @@ class VGGNet(nn.Module):
                 channels = width
             layers.append(nn.MaxPool2d(2))
         self.encoder = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, hidden),
+        self.head = nn.Sequential(global_pool(pool), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, hidden),
                                   nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,10 +72,10 @@ class BasicBlock(nn.Module):
 
 class SmallResNet(nn.Module):
     """An N-block ResNet (Lab 4's "N-layer ResNet"): a 3x3 stem, ``depth`` basic blocks (each
-    after the first halves the side and doubles the width, at most 256), global average pooling
-    and one linear layer (so the plain CAM applies)."""
+    after the first halves the side and doubles the width, at most 256), global pooling and one
+    linear layer (with ``avg`` pooling the plain CAM applies)."""
 
-    def __init__(self, in_channels: int, num_classes: int, depth: int, base: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, depth: int, base: int, pool: str = "avg") -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, base, 3, 1, 1, bias=False), nn.BatchNorm2d(base), nn.ReLU(inplace=True)]
         channels = base
@@ -78,7 +84,7 @@ class SmallResNet(nn.Module):
             layers.append(BasicBlock(channels, width, 1 if b == 0 else 2))
             channels = width
         self.encoder = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(global_pool(pool), nn.Flatten(), nn.Linear(channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
@@ -148,9 +154,9 @@ def build_classifier(cfg: dict[str, Any], in_channels: int, num_classes: int) ->
     name = cfg["name"]
     if name == "vgg":
         return VGGNet(in_channels, num_classes, cfg["base"], cfg["blocks"], cfg["convs_per_block"], cfg["batch_norm"],
-                      cfg["dropout"], cfg["hidden"])
+                      cfg["dropout"], cfg["hidden"], cfg["pool"])
     if name == "resnet":
-        return SmallResNet(in_channels, num_classes, cfg["depth"], cfg["base"])
+        return SmallResNet(in_channels, num_classes, cfg["depth"], cfg["base"], cfg["pool"])
     if name == "backbone":
         return Backbone(cfg["arch"], num_classes)
     raise ValueError(f"model.name: {name!r} is not a classifier; use vgg, resnet or backbone")
