@@ -60,8 +60,9 @@ def train_fold(*args: Any) -> dict[str, Any]:
 
 
 def record_fold(run: Any, cfg: dict[str, Any], out: Path, fold: int, prepared: Path) -> None:
-    """Learning curves (loss and accuracy), resolved config, weights path and sha256."""
-    from ..records import record_config, record_weights
+    """Learning curves (loss and accuracy), resolved config, weights path and sha256, and the model
+    itself when ``tracking.log_model`` asks for it."""
+    from ..records import _pip_requirements, record_config, record_weights
     from ..report import figures
 
     history = pd.read_csv(out / layout.HISTORY)
@@ -70,6 +71,19 @@ def record_fold(run: Any, cfg: dict[str, Any], out: Path, fold: int, prepared: P
     run.log_bytes(figures.learning_curves(history, cfg["variant"]), "plots/learning_curves.png")
     record_config(run, cfg, "variant")
     record_weights(run, out / layout.CHECKPOINT)
+    if cfg["tracking"]["log_model"]:
+        import torch
+
+        from ..classification.models import input_channels
+        from ..classification.train import load_classifiers
+        from ..config import read_json
+        from ..engine import Execution
+
+        fp = read_json(prepared / layout.FINGERPRINT)
+        model = load_classifiers([out / layout.CHECKPOINT], cfg, fp["channels"], fp["num_classes"],
+                                 Execution(torch.device("cpu")))[0]
+        example = np.zeros((1, input_channels(cfg["model"], fp["channels"]), fp["size"], fp["size"]), dtype=np.float32)
+        run.log_pytorch_model(model, "model", _pip_requirements(), example)
 
 
 def evaluate_variant(*args: Any, **kwargs: Any) -> dict[str, Any]:
