@@ -327,6 +327,9 @@ def _check_task(cfg: dict[str, Any], source: str) -> None:
     if task == "classification" and cfg["dataset"]["source"] == "class_table" and not cfg["dataset"]["labels"]["table"]:
         raise ConfigError(f"{source}: key 'dataset.labels.table': source class_table needs the CSV/TSV of path,label[,group]. "
                           "Set dataset.labels.table (relative to dataset.folder.root).")
+    if task != "classification" and cfg["preprocess"]["standardise"] != "dataset":
+        raise ConfigError(f"{source}: key 'preprocess.standardise': image is classification only (study.task is {task}). "
+                          "Remove it.")
     for name, variant in cfg["variants"].items():
         where = f"variants.{name}"
         if variant["model"]["name"] not in choices["models"]:

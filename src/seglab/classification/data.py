@@ -11,7 +11,8 @@ Verification decodes every image and reports unreadable or missing files, empty 
 the class counts (``verify.json``). Preprocessing resizes (or pads) every usable image to
 ``preprocess.size`` and caches ``images.npy`` (N, S, S, C) uint8 — C is 1 when every image is
 grey, 3 otherwise — and ``labels.npy`` (N,) int64, with ``manifest.csv`` (id, path, label,
-class, group, sizes, sha256) and ``fingerprint.json`` (classes, channels, mean and std).
+class, group, sizes, sha256) and ``fingerprint.json`` (classes, channels, mean and std, and
+``standardise``: the dataset's statistics or each image's own).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def fit_image(path: Path, size: int, policy: str, channels: int) -> np.ndarray:
     return array[..., None] if channels == 1 else array
 
 
-def preprocess_images(report: dict[str, Any], size: int, policy: str, out: Path) -> dict[str, Any]:
+def preprocess_images(report: dict[str, Any], size: int, policy: str, out: Path, standardise: str = "dataset") -> dict[str, Any]:
     """Write the prepared cache of a verified classification dataset; return its fingerprint."""
     if policy == "native":
         raise DataError("preprocess.policy native keeps each image's size, which a classifier cannot batch; "
@@ -179,7 +180,7 @@ def preprocess_images(report: dict[str, Any], size: int, policy: str, out: Path)
         "num_classes": len(classes), "num_images": len(items),
         "class_counts": {c: int((labels == k).sum()) for k, c in enumerate(classes)},
         "mean": pixels.mean(axis=0).round(6).tolist(), "std": np.maximum(pixels.std(axis=0), 1e-6).round(6).tolist(),
-        "source_root": report["root"],
+        "standardise": standardise, "source_root": report["root"],
     }
     (out / layout.FINGERPRINT).write_text(json.dumps(fingerprint, indent=2) + "\n")
     return fingerprint
@@ -212,11 +213,15 @@ class PreparedImages:
         return np.array([self._row[i] for i in ids], dtype=np.int64)
 
 
-def to_tensor(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor, channels: int) -> torch.Tensor:
-    """(H, W, C) uint8 -> (channels, H, W) standardised float32; a grey image is repeated to three
-    channels only when the model needs three (ImageNet backbones)."""
+def to_tensor(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor, channels: int, per_image: bool = False) -> torch.Tensor:
+    """(H, W, C) uint8 -> (channels, H, W) standardised float32 (with the dataset's per-channel
+    ``mean``/``std``, or ``per_image`` to the image's own mean and std); a grey image is repeated
+    to three channels only when the model needs three (ImageNet backbones)."""
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)
-    x = (x - mean[:, None, None]) / std[:, None, None]
+    if per_image:
+        x = (x - x.mean()) / x.std().clamp(min=1e-6)
+    else:
+        x = (x - mean[:, None, None]) / std[:, None, None]
     return x.expand(channels, -1, -1).contiguous() if x.shape[0] == 1 and channels == 3 else x
 
 
@@ -231,6 +236,7 @@ class ClassificationDataset(Dataset):
         self.augment = augment
         self.mean = torch.tensor(data.fingerprint["mean"], dtype=torch.float32)
         self.std = torch.tensor(data.fingerprint["std"], dtype=torch.float32)
+        self.per_image = data.fingerprint["standardise"] == "image"
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -242,4 +248,4 @@ class ClassificationDataset(Dataset):
             image = self.augment(image=image)["image"]
             if image.ndim == 2:  # some albumentations transforms drop a single channel axis
                 image = image[..., None]
-        return to_tensor(image, self.mean, self.std, self.channels), torch.tensor(int(self.data.labels[row]))
+        return to_tensor(image, self.mean, self.std, self.channels, self.per_image), torch.tensor(int(self.data.labels[row]))

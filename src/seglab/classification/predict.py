@@ -39,7 +39,7 @@ def predict_images(variant: dict[str, Any], prepared: Path, checkpoints: list[Pa
     rows = []
     for path in files:
         pixels = fit_image(path, int(fingerprint["size"]), fingerprint["policy"], int(fingerprint["channels"]))
-        x = execution.inputs(to_tensor(pixels, mean, std, channels)[None])
+        x = execution.inputs(to_tensor(pixels, mean, std, channels, fingerprint["standardise"] == "image")[None])
         with torch.no_grad(), execution.autocast():
             per_model = [m(x).float().softmax(1) for m in models]
             if tta:

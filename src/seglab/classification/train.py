@@ -56,10 +56,10 @@ def augmentation_preview(dataset: ClassificationDataset, count: int) -> bytes:
 
     count = min(count, len(dataset))
     fig, axes = plt.subplots(1, count, figsize=(1.6 * count, 1.9), squeeze=False)
-    mean, std = dataset.mean[:, None, None], dataset.std[:, None, None]
     for i, ax in enumerate(axes[0]):
         image, label = dataset[(i, i)]
-        x = (image[: len(mean)] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        x = image[: len(dataset.mean)]
+        x = ((x - x.min()) / (x.max() - x.min()).clamp(min=1e-6)).permute(1, 2, 0).numpy()  # shown min-max scaled
         ax.imshow(x[..., 0] if x.shape[2] == 1 else x, cmap="gray" if x.shape[2] == 1 else None)
         ax.set_title(dataset.data.classes[int(label)], fontsize=7)
         ax.axis("off")

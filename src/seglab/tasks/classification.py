@@ -45,7 +45,8 @@ def store_files(preprocess: dict[str, Any]) -> tuple[str, ...]:
 def preprocess(cfg: dict[str, Any], verify_report: dict[str, Any], out: Path) -> str:
     from ..classification.data import preprocess_images
 
-    fp = preprocess_images(verify_report, cfg["preprocess"]["size"], cfg["preprocess"]["policy"], out)
+    fp = preprocess_images(verify_report, cfg["preprocess"]["size"], cfg["preprocess"]["policy"], out,
+                           cfg["preprocess"]["standardise"])
     return f"prepared {fp['num_images']} images of {fp['num_classes']} classes at {fp['size']}px, {fp['channels']} channel(s)"
 
 
