@@ -49,3 +49,11 @@ def test_sliding_window_benchmark_quick_run(tmp_path):
     assert row["windows"] == 4 * 6  # starts 0, 29, 57, 86 down and six across at overlap 0.5
     assert row["sliding_s"] > 0 and row["blend_ratio"] > 0 and row["pixel_ratio"] > 0
     assert row["output_mb"] == pytest.approx(150 * 200 * 4 / 2**20, abs=0.05) and row["peak_extra_mb"] >= 0
+
+
+def test_classify_throughput_quick_run(tmp_path):
+    out = quick_run("classify_throughput.py", tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["model"] == "vgg8" and row["device"] == "cpu" and row["bare_img_s"] > 0 and row["seglab_img_s"] > 0
+    assert row["ratio"] == pytest.approx(row["seglab_img_s"] / row["bare_img_s"], rel=0.05)

@@ -30,7 +30,7 @@ def test_repeats_stay_out_of_the_split_stage_config():
 
 def test_defaults_are_filled_from_the_schema():
     cfg = validate({"variants": {"only": {}}})
-    assert cfg["preprocess"] == {"size": 64, "policy": "resize", "max_side": None, "clahe": None}
+    assert cfg["preprocess"] == {"size": 64, "policy": "resize", "max_side": None, "clahe": None, "standardise": "dataset"}
     assert cfg["variants"]["only"]["optimizer"]["name"] == "adam"
     assert cfg["study"]["baseline"] == "only"
 

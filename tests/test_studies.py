@@ -38,6 +38,10 @@ CORE = {
     "multiclass-colorization": ["colorization-augmented"],
     "unet-vs-resnet34": ["resnet34-unet-bce-combine1"],
     "sweep-lr-augmentation": [],       # the sweep's grid points are variants of their own, always run
+    "digits-cnn": ["cnn-label-smoothing"],
+    "shapes-vgg-resnet": ["resnet-depth3"],
+    "fashion-mnist-vgg16": ["vgg16-imagenet-last-layer"],
+    "lab4-classification": ["vgg16-imagenet-transfer"],
 }
 
 
@@ -50,7 +54,13 @@ def shrink(study: Path, folder: Path, keep: list[str] | None = None) -> Path:
     if keep is not None:
         wanted = {cfg["study"]["baseline"], *keep}
         cfg["variants"] = {k: v for k, v in cfg["variants"].items() if k in wanted}
-    cfg["dataset"]["builtin"].update(count=16, size=32, groups=8)
+    dataset = cfg["dataset"]
+    if dataset["source"] == "builtin":
+        dataset["builtin"].update(count=16, size=32, groups=8)
+    elif dataset["source"] == "shapes":
+        dataset["shapes"].update(count=24, size=32)
+    elif dataset["source"] == "torchvision":
+        dataset["torchvision"].update(train_count=24, test_count=12)
     cfg["preprocess"]["size"] = 32
     cfg["split"]["folds"] = 2
     cfg["study"]["device"] = "cpu"
@@ -174,6 +184,21 @@ def test_every_variant_of_every_study_builds(study: Path) -> None:
 
     cfg = load_config(study)
     assert set(CORE[study.stem]) <= set(cfg["variants"])
+    if cfg["study"]["task"] == "classification":
+        from seglab.classification.losses import build_classification_loss
+        from seglab.classification.models import build_classifier, input_channels
+
+        built = set()  # a grid of optimiser settings shares one model: build each architecture once
+        for name, variant in cfg["variants"].items():
+            if json.dumps(variant["model"], sort_keys=True) in built:
+                continue
+            built.add(json.dumps(variant["model"], sort_keys=True))
+            model = build_classifier(variant["model"], input_channels(variant["model"], 1), 10).train()
+            logits = model(torch.randn(2, input_channels(variant["model"], 1), 32, 32))
+            loss = build_classification_loss(variant["loss"], 10)(logits, torch.randint(0, 10, (2,)))
+            assert logits.shape == (2, 10) and torch.isfinite(loss), name
+            build_augmentation(variant["augmentation"], 0)
+        return
     num_classes = 3 if cfg["dataset"]["builtin"]["kind"] == "instruments" else 2
     for name, variant in cfg["variants"].items():
         channels = output_channels(num_classes, variant["model"]["binary_head"])

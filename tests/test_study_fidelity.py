@@ -104,6 +104,36 @@ FIDELITY: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
         **{f"lr{lr}_multiplier{m}": {"optimizer.lr": lr, "augmentation.multiplier": m}
            for lr in (0.001, 0.0001) for m in (2, 3)},
     }),
+    # Classification (issue #13). HW6 part 2: VGG16 random init vs. ImageNet VGG16 with the last layer trained.
+    "fashion-mnist-vgg16": ("endovis-colorization-pretraining-hw.md", {
+        ALL: {"study.task": "classification", "dataset.source": "torchvision", "dataset.torchvision.name": "FashionMNIST",
+              "model.name": "backbone", "model.arch": "vgg16", "optimizer.name": "adam", "optimizer.lr": 0.001,
+              "train.epochs": 5, "loss.name": "ce", "split.test_file": "test.txt"},
+        "vgg16-random-init": {"init": "scratch", "train.last_layer_only": False},
+        "vgg16-imagenet-last-layer": {"init": "imagenet", "train.last_layer_only": True},
+    }),
+    # Lab 4: scratch vs. transfer, the VGG-style net of Task 3, the Bonus ResNet grid with 3-fold CV.
+    "lab4-classification": ("lab4-transfer-learning-unet-ablation.md", {
+        ALL: {"study.task": "classification", "split.folds": 3, "loss.name": "ce"},
+        "vgg-scratch": {"init": "scratch", "model.name": "vgg", "model.base": 8, "train.batch_size": 8,
+                        "optimizer.lr": 1e-5, "preprocess.size": 128, "train.epochs": 80,
+                        "augmentation.policy": LAB4_AUGMENTATION},
+        "vgg16-imagenet-transfer": {"init": "imagenet", "model.name": "backbone", "model.arch": "vgg16"},
+        "resnet-depth10_lr0.001_batch_size8": {"model.name": "resnet", "model.depth": 10, "optimizer.lr": 0.001,
+                                               "train.batch_size": 8, "augmentation.policy": []},
+    }),
+    # No report: the digits study shows a small CNN reaching >= 0.95 test accuracy on real digits offline.
+    "digits-cnn": ("issue 13 (scikit-learn digits)", {
+        ALL: {"study.task": "classification", "dataset.source": "digits", "model.name": "vgg", "loss.name": "ce",
+              "augmentation.preset": "none"},
+        "cnn-label-smoothing": {"loss.label_smoothing": 0.1},
+    }),
+    # No report: the built-in shapes, whose evidence masks make the CAM overlays checkable.
+    "shapes-vgg-resnet": ("issue 13 (built-in shapes)", {
+        ALL: {"study.task": "classification", "dataset.source": "shapes", "init": "scratch"},
+        "vgg-scratch": {"model.name": "vgg"},
+        "resnet-depth3": {"model.name": "resnet", "model.depth": 3},
+    }),
 }
 # The augmentation and learning-rate grid of the Oxford-Pet report, and its ReLU output layer.
 GRID = FIDELITY["unet-vs-resnet34"][1]

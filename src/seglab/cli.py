@@ -17,33 +17,27 @@ from typing import Any, Callable
 
 from . import layout
 from .config import ConfigError, config_hash, read_json
+from .tasks import get_task, task_of
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from .data.sources import fetch_dataset
-
-    fetch_dataset(read_json(args.config)["dataset"], Path(args.out))
+    cfg = read_json(args.config)
+    task_of(cfg).fetch(cfg["dataset"], Path(args.out))
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    from .data.verify import dataset_root, verify_dataset
-
     cfg = read_json(args.config)
-    root = dataset_root(cfg["dataset"], Path(args.raw) if args.raw else None)
-    report = verify_dataset(root, cfg["dataset"], cfg["verify"]["on_error"])
+    task = task_of(cfg)
+    report = task.verify(cfg, Path(args.raw) if args.raw else None)
     _write_json(Path(args.out), report)
-    print(f"verified {report['pairs_found']} pairs in {root}: {report['pairs_ok']} usable, {len(report['problems'])} problem(s)")
+    print(task.verify_line(report))
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    from .data.preprocess import preprocess
-
     cfg = read_json(args.config)
     start = time.perf_counter()
-    fingerprint = preprocess(read_json(args.verify), cfg["preprocess"]["size"], cfg["preprocess"]["policy"], Path(args.out),
-                             cfg["preprocess"]["max_side"], cfg["preprocess"]["clahe"])
-    at = "their own size" if fingerprint["policy"] == "native" else f"{fingerprint['size']}px"
-    print(f"prepared {fingerprint['num_images']} images at {at} in {time.perf_counter() - start:.1f}s")
+    line = task_of(cfg).preprocess(cfg, read_json(args.verify), Path(args.out))
+    print(f"{line} in {time.perf_counter() - start:.1f}s")
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -52,13 +46,15 @@ def cmd_split(args: argparse.Namespace) -> None:
     from .data.splits import make_presplit_splits, make_splits, read_test_list
 
     split = read_json(args.config)["split"]
+    # The verification report says which task read the data (reports without one are segmentation's).
+    verified = read_json(args.verify)
     manifest = pd.read_csv(Path(args.prepared) / layout.MANIFEST, dtype={"id": str, "group": str})
     test_ids = split["test_ids"]
     if split["test_file"]:
         # The dataset's own test list, relative to the dataset root recorded by verify.
         test_file = Path(split["test_file"])
         if not test_file.is_absolute():
-            test_file = Path(read_json(args.verify)["root"]) / test_file
+            test_file = Path(verified["root"]) / test_file
         test_ids = read_test_list(test_file, split["test_key"])
     roles = manifest["role"].fillna("").astype(str) if "role" in manifest else pd.Series("", index=manifest.index)
     if roles.isin(["train", "val", "test"]).any():
@@ -67,8 +63,10 @@ def cmd_split(args: argparse.Namespace) -> None:
                                       args.repeat)
     else:
         pool = roles == "unlabelled"  # images without masks (a folder's or the generator's pool): never split
-        splits = make_splits(manifest[~pool].reset_index(drop=True), split["folds"], split["test_fraction"], split["seed"],
-                             test_ids, args.repeat)
+        labelled = manifest[~pool].reset_index(drop=True)
+        strata = get_task(verified.get("task", "segmentation")).split_strata(labelled)
+        splits = make_splits(labelled, split["folds"], split["test_fraction"], split["seed"], test_ids, args.repeat,
+                             strata=strata)
         if pool.any():
             splits["unlabelled"] = sorted(manifest.loc[pool, "id"].astype(str))
     _write_json(Path(args.out), splits)
@@ -114,10 +112,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .gpu_slots import pin_visible_gpu
-    from .records import config_params, input_tags, record_dataset, record_fold, snakemake_tags
+    from .records import config_params, input_tags, record_dataset, snakemake_tags
     from .runtime import set_threads
     from .tracking import open_run
-    from .train import train_fold
 
     slot = pin_visible_gpu()  # noqa: F841 (held until the process exits)
     set_threads(args.threads)
@@ -134,18 +131,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     run.log_params(config_params(cfg, prepared))
     record_dataset(run, cfg, prepared, "training")
     init = Path(args.init) if args.init else None
+    task = task_of(cfg)
 
     def work() -> None:
-        train_fold(cfg, prepared, splits, args.fold, out, init, run)
-        record_fold(run, cfg, out, args.fold, prepared)
+        task.train_fold(cfg, prepared, splits, args.fold, out, init, run)
+        task.record_fold(run, cfg, out, args.fold, prepared)
 
     _finish(run, work)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_variant
-    from .records import (config_params, evaluation_metrics, input_tags, record_dataset, record_evaluation,
-                          record_variant_curves, snakemake_tags)
+    from .records import config_params, evaluation_metrics, input_tags, record_dataset, record_variant_curves, snakemake_tags
     from .runtime import set_threads
     from .tracking import open_run
 
@@ -171,39 +167,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     record_dataset(run, cfg, prepared, "testing")
     record_dataset(parent, cfg, prepared, "training")
 
+    task = task_of(cfg)
+
     def work() -> dict:
-        metrics = evaluate_variant(cfg, prepared, splits, checkpoints, summaries, out, tta=args.tta, run_id=parent.run_id)
+        metrics = task.evaluate_variant(cfg, prepared, splits, checkpoints, summaries, out, tta=args.tta, run_id=parent.run_id)
         run.log_metrics(evaluation_metrics(metrics))
-        run.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()})
-        record_evaluation(run, cfg, out, prepared, splits)
-        for name in (layout.OOF_PER_IMAGE, layout.PER_CLASS):
-            run.log_artifact(out / name)
+        run.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items() if isinstance(v, (int, float))})
+        task.record_evaluation(run, cfg, out, prepared, splits)
         return metrics
 
     metrics = _finish(run, work)
     parent.log_params(config_params(cfg, prepared))
     # One step per repeat on the parent: MLflow then plots the headline numbers across repeats.
     parent.log_metrics({k: v for k, v in evaluation_metrics(metrics).items() if not k.startswith("test_fold")}, step=repeat)
-    parent.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items()}, step=repeat)
+    parent.log_metrics({f"oof_{k}": v for k, v in metrics["oof"]["pooled"].items() if isinstance(v, (int, float))},
+                       step=repeat)
     record_variant_curves(parent, variant, [Path(h) for h in args.histories])
-    ensemble = metrics["test"]["ensemble"]
-    print(f"{variant} repeat {repeat}: test Dice {ensemble['dice']:.4f} IoU {ensemble['iou']:.4f} (ensemble of {len(checkpoints)} folds"
-          f"{', flip TTA' if args.tta else ''}); pooled out-of-fold Dice {metrics['oof']['pooled']['dice']:.4f}")
+    print(task.evaluation_line(metrics, len(checkpoints)))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from .aggregate import cross_fold_scores, learning_curves, study_metrics
+    from .aggregate import learning_curves
     from .tracking import open_tracker
 
     cfg = read_json(args.config)
+    task = task_of(cfg)
     per_variant: dict[str, dict[int, Any]] = {}
     for path in args.evaluations:
         variant, repeat = layout.eval_of(path)
         per_variant.setdefault(variant, {})[repeat] = read_json(path)
     curves = learning_curves({layout.run_of(path): Path(path) for path in args.histories})
-    cross_fold = cross_fold_scores(curves, cfg["variants"]) if cfg["evaluate"]["cv_epoch_from_other_folds"] else None
-    metrics = study_metrics(cfg["study"], {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()},
-                            dict(cfg["sweep"]["points"]), cross_fold)
+    metrics = task.study_metrics(cfg, {v: [by[r] for r in sorted(by)] for v, by in per_variant.items()}, curves)
     _write_json(Path(args.metrics), metrics)
     Path(args.curves).parent.mkdir(parents=True, exist_ok=True)
     curves.to_csv(args.curves, index=False)
@@ -211,12 +205,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     if tracker is not None:
         tracker.finish_parents()
     for name, row in metrics["variants"].items():
-        run_sd = row["test_dice_repeat_sd"]
-        spread = f" ± {run_sd:.4f} run-to-run over {row['repeats']} repeats" if run_sd is not None else \
-            " (one repeat: run-to-run sd not measured)"
-        other = row.get("cv_dice_xfold_epoch_mean")
-        other = f" (epoch chosen on the other folds: {other:.4f})" if other is not None else ""
-        print(f"{name:>28s}: CV Dice {row['cv_dice_mean']:.4f} ± {row['cv_dice_sd']:.4f}{other}   test Dice {row['test_dice']:.4f}{spread}")
+        print(task.aggregate_line(name, row))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -227,7 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     cfg = read_json(args.config)
     manifest = pd.read_csv(Path(args.prepared) / layout.MANIFEST, dtype={"id": str, "group": str})
     result = run_compare(cfg, _eval_dirs_by_repeat(args.evaluations), manifest, read_json(args.splits),
-                         Path(args.out), Path(args.csv))
+                         Path(args.out), Path(args.csv), score=task_of(cfg).COMPARE_SCORE)
     for row in result["comparisons"]:
         print(row["sentence"])
     if not result["comparisons"]:
@@ -237,7 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .report.document import ReportInputs, build_report, package_versions, stage_wall_times
+    from .report.document import ReportInputs, package_versions, stage_wall_times
     from .tracking import git_commit
 
     study = read_json(args.config)
@@ -251,14 +240,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         stage_seconds=stage_wall_times(Path(args.benchmarks)) if args.benchmarks else {},
         versions=package_versions(), git_commit=git_commit(), config_hash=config_hash(study),
     )
-    build_report(inputs, Path(args.out))
+    task_of(study).build_report(inputs, Path(args.out))
     print(f"report written to {Path(args.out) / 'index.html'}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from .predict import predict_folder
     from .checkpoint import CheckpointError
 
     cfg = read_json(args.config)
@@ -273,12 +259,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         which = f"{layout.fold_name(args.fold if args.fold is not None else '<k>')}/{layout.CHECKPOINT}"
         raise CheckpointError(f"{models}: no {which}. Pass --models the variant's folder under <output_dir>/models "
                               "after its training has finished.")
-    fingerprint = read_json(Path(args.prepared) / layout.FINGERPRINT)
-    records = predict_folder(cfg, fingerprint, folds, Path(args.images), Path(args.out), tta=args.tta,
-                             roi=Path(args.roi) if args.roi else None)
-    pd.DataFrame(records).to_csv(Path(args.out) / "predictions.csv", index=False)
+    line = task_of(cfg).predict(cfg, Path(args.prepared), folds, Path(args.images), Path(args.out), args.tta,
+                                Path(args.roi) if args.roi else None, args.cam)
     what = f"fold {args.fold}" if args.fold is not None else f"ensemble of {len(folds)} folds"
-    print(f"{cfg['variant']} ({what}): {len(records)} masks in {Path(args.out) / 'masks'}, overlays in {Path(args.out) / 'overlays'}")
+    print(f"{cfg['variant']} ({what}): {line}")
 
 
 def cmd_track_init(args: argparse.Namespace) -> None:
@@ -413,12 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepared", required=True, help="the study's prepared data folder (size, policy, normalisation)")
     p.add_argument("--models", required=True, help="the variant's folder, <output_dir>/models/<variant> (every repeat's "
                    "folds), or one repeat's, <output_dir>/models/<variant>/r<repeat>")
-    p.add_argument("--images", required=True, help="folder of images to segment")
-    p.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
+    p.add_argument("--images", required=True, help="folder of images to segment or classify")
+    p.add_argument("--out", required=True, help="folder for predictions.csv (and masks/, overlays/ or cams/)")
     p.add_argument("--fold", type=int, help="use this fold's model only (default: the fold ensemble)")
     p.add_argument("--tta", action="store_true", help="average over flips")
     p.add_argument("--roi", help="folder of region-of-interest masks (same stem as the image, or stem_<suffix>; "
                                  "non-zero = inside); pixels outside are predicted as background")
+    p.add_argument("--cam", action="store_true", help="classification: also write class activation map overlays to cams/")
     command("track-init", cmd_track_init, "create the MLflow experiment before jobs start")
     return parser
 

@@ -33,17 +33,19 @@ def real_groups(manifest: pd.DataFrame) -> dict[str, str] | None:
     return dict(zip(manifest["id"].astype(str), manifest["group"].astype(str)))
 
 
-def gather(eval_dirs: dict[str, list[Path]]) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[list[float]]]]:
-    """Per variant, one entry per repeat (in repeat order): {image id: ensemble test Dice} and the fold scores."""
+def gather(eval_dirs: dict[str, list[Path]], column: str = "dice",
+           fold_key: str = "dice") -> tuple[dict[str, list[dict[str, float]]], dict[str, list[list[float]]]]:
+    """Per variant, one entry per repeat (in repeat order): {image id: ensemble test score} and the
+    fold scores; the score is per_image.csv's ``column`` and each OOF fold's ``fold_key`` (the task's)."""
     per_image: dict[str, list[dict[str, float]]] = {}
     folds: dict[str, list[list[float]]] = {}
     for variant, folders in eval_dirs.items():
         for folder in folders:
             table = pd.read_csv(folder / layout.PER_IMAGE, dtype={"id": str})
             ensemble = table[table["model"] == "ensemble"]
-            per_image.setdefault(variant, []).append(dict(zip(ensemble["id"], ensemble["dice"].astype(float))))
+            per_image.setdefault(variant, []).append(dict(zip(ensemble["id"], ensemble[column].astype(float))))
             metrics = json.loads((folder / layout.EVAL_METRICS).read_text())
-            folds.setdefault(variant, []).append([float(f["dice"]) for f in metrics["oof"]["per_fold"]])
+            folds.setdefault(variant, []).append([float(f[fold_key]) for f in metrics["oof"]["per_fold"]])
     return per_image, folds
 
 
@@ -66,12 +68,13 @@ def flat_rows(result: dict[str, Any]) -> pd.DataFrame:
 
 
 def run_compare(study: dict[str, Any], eval_dirs: dict[str, list[Path]], manifest: pd.DataFrame, splits: dict[str, Any],
-                out_json: Path, out_csv: Path) -> dict[str, Any]:
-    per_image, folds = gather(eval_dirs)
+                out_json: Path, out_csv: Path, score: tuple[str, str, str] = ("dice", "dice", "Dice")) -> dict[str, Any]:
+    """``score``: (per-image column, per-fold OOF key, name in the sentences) of the study's task."""
+    per_image, folds = gather(eval_dirs, score[0], score[1])
     cfg = study["stats"]
     result = compare(per_image, folds, study["study"]["baseline"], groups=real_groups(manifest),
                      test_train_ratio=test_train_ratio(splits), all_pairs=cfg["all_pairs"], alpha=cfg["alpha"],
-                     n_boot=cfg["bootstrap"], seed=cfg["seed"])
+                     n_boot=cfg["bootstrap"], seed=cfg["seed"], metric=score[1], label=score[2])
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2, default=float) + "\n")
     flat_rows(result).to_csv(out_csv, index=False)

@@ -181,6 +181,7 @@ def validate(raw: dict[str, Any] | None, source: str = "config.yaml") -> dict[st
         resolved[name] = merged
     cfg["variants"] = resolved
     _check_output_dir(cfg["study"]["output_dir"], source)
+    _check_task(cfg, source)
     _check_presplit(raw, cfg, source)
     _check_size_fits_models(cfg, source)
     _check_colorization_batches(cfg, source)
@@ -321,8 +322,10 @@ def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
     size, policy = cfg["preprocess"]["size"], cfg["preprocess"]["policy"]
     for name, variant in cfg["variants"].items():
         model = variant["model"]
+        if model["name"] not in _DOWNSAMPLING_KEY:
+            continue  # classifiers end in global pooling: any size at least their input fits
         # U-Nets halve `depth` times; smp encoders `encoder_depth` times.
-        depth = model["depth"] if "depth" in model else model["encoder_depth"]
+        depth = model[_DOWNSAMPLING_KEY[model["name"]]]
         factor = 2 ** depth
         _check_windows(variant, name, factor, size, policy, source)
         if policy == "native":
@@ -333,6 +336,52 @@ def _check_size_fits_models(cfg: dict[str, Any], source: str) -> None:
                 f"(model depth {depth}) needs. Use a multiple of {factor} (e.g. {size // factor * factor or factor}) "
                 "or a smaller depth."
             )
+
+
+# The key holding how often a segmentation model halves its input (the size must divide by 2**it).
+_DOWNSAMPLING_KEY = {"unet": "depth", "smp": "encoder_depth", "plain_decoder": "encoder_depth"}
+
+
+def _check_task(cfg: dict[str, Any], source: str) -> None:
+    """The dataset source, the models and the losses belong to the study's task (seglab.tasks)."""
+    from .tasks import TASK_CHOICES
+
+    task = cfg["study"]["task"]
+    choices = TASK_CHOICES[task]
+    if cfg["dataset"]["source"] not in choices["sources"]:
+        raise ConfigError(f"{source}: key 'dataset.source': {cfg['dataset']['source']!r} is not a {task} source "
+                          f"(study.task {task}). Use one of: {', '.join(choices['sources'])}, or change study.task.")
+    if task == "classification" and cfg["dataset"]["source"] == "class_table" and not cfg["dataset"]["labels"]["table"]:
+        raise ConfigError(f"{source}: key 'dataset.labels.table': source class_table needs the CSV/TSV of path,label[,group]. "
+                          "Set dataset.labels.table (relative to dataset.folder.root).")
+    if task != "classification" and cfg["preprocess"]["standardise"] != "dataset":
+        raise ConfigError(f"{source}: key 'preprocess.standardise': image is classification only (study.task is {task}). "
+                          "Remove it.")
+    for name, variant in cfg["variants"].items():
+        where = f"variants.{name}"
+        if variant["model"]["name"] not in choices["models"]:
+            raise ConfigError(f"{source}: key '{where}.model.name': {variant['model']['name']!r} is not a {task} model. "
+                              f"Use one of: {', '.join(choices['models'])}.")
+        loss = variant["loss"]
+        if loss["name"] not in choices["losses"]:
+            raise ConfigError(f"{source}: key '{where}.loss.name': {loss['name']!r} is not a {task} loss. "
+                              f"Use one of: {', '.join(choices['losses'])}.")
+        if variant["init"] not in choices["inits"]:
+            raise ConfigError(f"{source}: key '{where}.init': {variant['init']!r} is not available for {task} "
+                              f"(colorization pretrains segmentation U-Nets). Use one of: {', '.join(choices['inits'])}.")
+        if task != "classification" and (variant["train"]["last_layer_only"] or loss.get("label_smoothing")):
+            key = "train.last_layer_only" if variant["train"]["last_layer_only"] else "loss.label_smoothing"
+            raise ConfigError(f"{source}: key '{where}.{key}': classification only (study.task is {task}). Remove it.")
+        if variant["model"]["name"] == "backbone":
+            from .classification.models import check_arch
+
+            try:
+                check_arch(variant["model"]["arch"])
+            except ValueError as exc:
+                raise _keyed(exc, source, where) from None
+        if variant["train"]["last_layer_only"] and variant["train"]["freeze_encoder"]:
+            raise ConfigError(f"{source}: key '{where}.train.last_layer_only': already freezes the encoder; "
+                              "remove train.freeze_encoder (or last_layer_only).")
 
 
 def _check_colorization_batches(cfg: dict[str, Any], source: str) -> None:
@@ -385,7 +434,7 @@ def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
     # The models built on an smp encoder (smp, plain_decoder) are those whose schema branch has
     # model.encoder; these rules are checked here only, the model builders trust them.
     smp_encoder = "encoder" in model
-    if init == "imagenet":
+    if init == "imagenet" and model["name"] != "backbone":
         if not smp_encoder:
             raise ConfigError(
                 f"{source}: key '{where}.init': ImageNet weights exist only for smp encoders, not for model.name {model['name']}. "
@@ -583,7 +632,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def dataset_location(dataset: dict[str, Any]) -> str:
     """Where a dataset's raw files lie: the user's folder, or data/raw/<name> for generated and
     downloaded data."""
-    if dataset["source"] == "folder":
+    if dataset["source"] in ("folder", "class_folder", "class_table"):
         return dataset["folder"]["root"]
     return layout.raw_dir(dataset["name"])
 
@@ -604,7 +653,7 @@ def stage_configs(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "study.json": cfg,
     }
     run_common = {
-        "study": {k: study[k] for k in ("name", "seed", "device", "deterministic", "precision", "channels_last")},
+        "study": {k: study[k] for k in ("name", "seed", "device", "deterministic", "precision", "channels_last", "task")},
         # What a run records as its MLflow dataset input (name and where the raw data lies).
         "dataset": {"name": cfg["dataset"]["name"], "location": dataset_location(cfg["dataset"])},
         "tracking": cfg["tracking"],

@@ -57,6 +57,8 @@ PER_CLASS = "per_class.csv"
 EVAL_METRICS = "metrics.json"
 ENSEMBLE_PREDICTIONS = "ensemble_predictions.npy"
 EVAL_FILES = (PER_IMAGE, OOF_PER_IMAGE, PER_CLASS, EVAL_METRICS, ENSEMBLE_PREDICTIONS)
+# Classification only, beside them (not a declared output): Grad-CAMs of sample test images.
+CAM_OVERLAYS = "cam_overlays.png"
 
 # Raw data (data/raw/<dataset name>, beside every study's output_dir): generated or downloaded
 # once per dataset name and shared by the studies that name it.

@@ -256,6 +256,8 @@ def compare(
     alpha: float = 0.05,
     n_boot: int = 2000,
     seed: int = 0,
+    metric: str = "dice",
+    label: str = "Dice",
 ) -> dict[str, Any]:
     """Every comparison of a study, Holm-corrected per test, with a sentence and warnings each.
 
@@ -309,8 +311,8 @@ def compare(
         # Both tests, and in the same direction: one recipe beats the other on held-out data and in CV.
         same_way = (row["bootstrap"]["mean"] > 0) == (row["cv_ttest"]["mean"] > 0)
         row["significant"] = row["test_significant"] and row["cv_significant"] and same_way
-        row["sentence"] = describe(row, alpha)
-    return {"baseline": baseline, "alpha": alpha, "all_pairs": all_pairs, "metric": "dice", "correction": "holm",
+        row["sentence"] = describe(row, alpha, label)
+    return {"baseline": baseline, "alpha": alpha, "all_pairs": all_pairs, "metric": metric, "correction": "holm",
             "repeats": min((r["repeats"] for r in rows), default=0), "comparisons": rows}
 
 
@@ -323,7 +325,7 @@ def _verdict(significant: bool, better: str, alpha: float, measured: bool) -> st
     return f"significant at α = {alpha} ({better} is better)" + ("" if measured else f", but {NOT_MEASURED}")
 
 
-def describe(row: dict[str, Any], alpha: float) -> str:
+def describe(row: dict[str, Any], alpha: float, label: str = "Dice") -> str:
     """One sentence a reader can act on; with one repeat it always says that run-to-run
     variance was not measured, whatever the verdict."""
     boot, cv = row["bootstrap"], row["cv_ttest"]
@@ -331,10 +333,10 @@ def describe(row: dict[str, Any], alpha: float) -> str:
     test_better = row["variant"] if boot["mean"] > 0 else row["reference"]
     cv_better = row["variant"] if cv["mean"] > 0 else row["reference"]
     unit = f"{boot['units']} {boot['unit']}"
-    test = (f"test set: {_verdict(row['test_significant'], test_better, alpha, measured)}, mean Dice difference "
+    test = (f"test set: {_verdict(row['test_significant'], test_better, alpha, measured)}, mean {label} difference "
             f"{boot['mean']:+.4f} (95% CI {boot['low']:+.4f} to {boot['high']:+.4f}; hierarchical bootstrap over "
             f"{row['repeats']} repeat(s) and {unit}, Holm p = {row['test_p_holm']:.4g})")
-    folds = (f"cross-validation: {_verdict(row['cv_significant'], cv_better, alpha, measured)}, mean fold Dice difference "
+    folds = (f"cross-validation: {_verdict(row['cv_significant'], cv_better, alpha, measured)}, mean fold {label} difference "
              f"{cv['mean']:+.4f} (corrected repeated k-fold t-test over {row['repeats']} x {row['folds']} folds, "
              f"Holm p = {row['cv_p_holm']:.4g})")
     if row["significant"]:

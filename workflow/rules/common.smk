@@ -7,8 +7,9 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from seglab import layout
-from seglab.config import (ConfigError, fold_count, pretrain_key, pretrains_per_fold, read_yaml, stage_configs, validate,
-                           write_if_changed)
+from seglab.config import (ConfigError, dataset_location, fold_count, pretrain_key, pretrains_per_fold, read_yaml,
+                           stage_configs, validate, write_if_changed)
+from seglab.tasks import get_task
 
 
 def _raw_config():
@@ -29,6 +30,8 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
+# The study's task (seglab.tasks) names the prepared files; the rules are the same for every task.
+TASK = get_task(CFG["study"]["task"])
 # The interpreter running Snakemake has seglab installed: call it directly, whatever PATH says.
 SEGLAB = f"{sys.executable} -m seglab"
 OUT = CFG["study"]["output_dir"]
@@ -89,10 +92,8 @@ def pretrain_dir(variant, repeat=None, fold=None):
 
 
 def get_raw_dir(wildcards=None):
-    """The raw data folder: downloaded/generated, or the user's own folder."""
-    if CFG["dataset"]["source"] == "folder":
-        return CFG["dataset"]["folder"]["root"]
-    return RAW
+    """The raw data folder: downloaded/generated (RAW), or the user's own folder."""
+    return dataset_location(CFG["dataset"])
 
 
 def get_init_weights(wildcards):

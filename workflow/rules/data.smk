@@ -30,7 +30,7 @@ rule verify:
 
 rule preprocess:
     output:
-        store=[L.prepared_file(name) for name in layout.store_files(CFG["preprocess"]["policy"], CFG["preprocess"]["max_side"])],
+        store=[L.prepared_file(name) for name in TASK.store_files(CFG["preprocess"])],
         manifest=L.prepared_file(layout.MANIFEST),
         fingerprint=L.prepared_file(layout.FINGERPRINT),
     input:

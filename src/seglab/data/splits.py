@@ -67,19 +67,21 @@ def read_test_list(path: Path, key: str | None) -> list[str]:
 
 
 def make_splits(manifest: pd.DataFrame, folds: int, test_fraction: float, seed: int,
-                test_ids: list[str] | None = None, repeat: int = 0) -> dict[str, Any]:
+                test_ids: list[str] | None = None, repeat: int = 0, strata: np.ndarray | None = None) -> dict[str, Any]:
     """Return ``{"test": [ids], "folds": [[ids], ...], ...}``; deterministic for a seed.
 
     The test set is ``test_ids`` when given (the dataset's own test list; ids not in
     the manifest are listed under ``test_ids_missing``), else a grouped, stratified
     ``test_fraction`` of the images drawn with ``seed``. The folds of repeat ``repeat`` are
     drawn with its own seed (:func:`seglab.seeds.derived_seed`; repeat 0 uses ``seed``):
-    repeats of a study share the test set and differ in their folds.
+    repeats of a study share the test set and differ in their folds. ``strata`` (one integer
+    per manifest row, e.g. the class of a classification image) replaces the foreground-fraction
+    bins the folds and the test set are balanced on.
     """
     fold_seed = derived_seed(seed, repeat)
     ids = manifest["id"].astype(str).to_numpy()
     groups = manifest["group"].astype(str).to_numpy()
-    strata = _strata(manifest, bins=4)
+    strata = _strata(manifest, bins=4) if strata is None else np.asarray(strata, dtype=int)
     missing: list[str] = []
     if test_ids is not None:
         known = set(ids.tolist())

@@ -1,0 +1,111 @@
+"""Classification training throughput: the bare classifier versus the seglab training path.
+
+(a) bare: the classifier, cross-entropy and Adam on a batch already on the device (the upper bound);
+(b) seglab: the prepared cache, flip augmentation, DataLoader, loss, optimiser and per-epoch
+    accuracy bookkeeping exactly as ``seglab train`` runs them for a classification study
+    (ClassificationDataset, AccuracyAccumulator, engine.run_epoch).
+Prints one JSON line per (model, size) with images/s (median of repeats) and (b)/(a).
+
+    python benchmarks/classify_throughput.py --models vgg16w resnet18 --sizes 64 128
+    python benchmarks/classify_throughput.py --quick        # the tiny run the test suite uses
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import add_execution_options, describe, execution_from, sync
+from seglab.classification.data import ClassificationDataset, PreparedImages, preprocess_images, verify_images
+from seglab.classification.losses import AccuracyAccumulator
+from seglab.classification.models import build_classifier, input_channels
+from seglab.classification.sources import write_shapes
+from seglab.data.loaders import loader_workers, make_loader
+from seglab.data.transforms import build_augmentation
+from seglab.engine import Execution, run_epoch
+from seglab.runtime import select_device
+
+MODELS = {
+    "vgg8": {"name": "vgg", "base": 8, "blocks": 3, "convs_per_block": 2, "batch_norm": True, "dropout": 0.3, "hidden": 64, "pool": "avg"},
+    "vgg16w": {"name": "vgg", "base": 16, "blocks": 4, "convs_per_block": 2, "batch_norm": True, "dropout": 0.3, "hidden": 128, "pool": "avg"},
+    "resnet18": {"name": "backbone", "arch": "resnet18"},
+}
+
+
+def shapes_cache(folder: Path, size: int, count: int) -> PreparedImages:
+    write_shapes({"count": count, "size": size, "seed": 0}, folder / "raw")
+    report = verify_images({"source": "shapes"}, folder / "raw", "fail")
+    preprocess_images(report, size, "resize", folder / "prepared")
+    return PreparedImages(folder / "prepared")
+
+
+def bare(model, channels: int, batch: int, size: int, steps: int, execution: Execution) -> float:
+    x = execution.inputs(torch.randn(batch, channels, size, size, device=execution.device))
+    y = torch.randint(0, 3, (batch,), device=execution.device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    run_epoch(model, [(x, y)], loss_fn, execution, opt)  # warm-up
+    sync(execution.device)
+    start = time.perf_counter()
+    run_epoch(model, [(x, y)] * steps, loss_fn, execution, opt)
+    sync(execution.device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def full(model, data: PreparedImages, channels: int, batch: int, steps: int, execution: Execution, workers: int) -> float:
+    ids = list(data.manifest["id"])[: batch * steps]
+    dataset = ClassificationDataset(data, ids, channels, build_augmentation({"preset": "flip"}, 0))
+    loader = make_loader(dataset, batch, True, 0, workers, execution.device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    metrics = AccuracyAccumulator(data.num_classes)
+    run_epoch(model, [next(iter(loader))], loss_fn, execution, opt)  # warm-up
+    sync(execution.device)
+    start = time.perf_counter()
+    run_epoch(model, loader, loss_fn, execution, opt, metrics)
+    sync(execution.device)
+    return len(loader) * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg8", "vgg16w", "resnet18"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", default="auto", help="loader workers: a number or auto (as train.num_workers)")
+    add_execution_options(parser)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.sizes, args.batch, args.steps, args.repeats = ["vgg8"], [32], 8, 2, 1
+    device = select_device("auto")
+    execution = execution_from(args, device)
+    workers = loader_workers(args.workers, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            data = shapes_cache(Path(tmp) / str(size), size, max(args.batch * args.steps, 12))
+            for name in args.models:
+                channels = input_channels(MODELS[name], data.channels)
+                torch.manual_seed(0)
+                model = execution.prepare(build_classifier(MODELS[name], channels, data.num_classes))
+                rates = [(bare(model, channels, args.batch, size, args.steps, execution),
+                          full(model, data, channels, args.batch, args.steps, execution, workers))
+                         for _ in range(args.repeats)]
+                a, b = (statistics.median(r) for r in zip(*rates))
+                print(json.dumps({
+                    "model": name, "size": size, "batch": args.batch, **describe(execution), "workers": workers,
+                    "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
+                    "overhead_ms_per_img": round(1000 * (1 / b - 1 / a), 3),
+                }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
