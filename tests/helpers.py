@@ -81,8 +81,11 @@ def seglab_env(**extra: str) -> dict[str, str]:
     """This process's environment with this tree's seglab first on PYTHONPATH and the venv's tools on PATH.
 
     HF_HUB_OFFLINE: nothing may download at test time (published weights come from the cache or not at all).
+    MLFLOW_TRACKING_URI only when a test passes it: a value from the shell (a developer's server), or one
+    that in-process MLflow code exported into this process, must not decide where a test's runs go.
     """
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     env.update(extra)

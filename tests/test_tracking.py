@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -105,8 +106,10 @@ def test_open_run_tags_commit_and_samples_system_metrics(tmp_path):
     assert any(k.startswith("system/cpu_utilization") for k in record.data.metrics), sorted(record.data.metrics)
 
 
-def test_fold_record_has_curves_config_weights_and_model_when_asked(tmp_path):
+def test_fold_record_has_curves_config_weights_and_model_when_asked(tmp_path, monkeypatch):
     import torch
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     from seglab.checkpoint import save_checkpoint
     from seglab.models import build_model, output_channels
@@ -126,6 +129,9 @@ def test_fold_record_has_curves_config_weights_and_model_when_asked(tmp_path):
     run = tracker.open("tiny/scratch/fold0", "scratch-fold0", parent_key="tiny/scratch")
     record_fold(run, cfg, out, 0, prepared)
     run.finish()
+    # Logging the model went through MLflow's fluent API, which exports its tracking URI to
+    # every later subprocess unless it is put back.
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
     record = tracker.client.get_run(run.run_id)
     assert record.data.tags["seglab.weights_sha256"] == digest

@@ -282,12 +282,21 @@ class Run:
         import mlflow
         import mlflow.pytorch
 
+        # The fluent API reads a process-wide tracking URI, and set_tracking_uri also exports it
+        # as MLFLOW_TRACKING_URI to every later subprocess: put the environment back afterwards.
+        exported = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri or self.client.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
-            # Explicit requirements: inferring them imports the model in a subprocess (slow).
-            # Pickle, not the traced pt2 format: tracing a U-Net takes tens of seconds on a CPU.
-            _retry(lambda: mlflow.pytorch.log_model(model, name=name, pip_requirements=pip_requirements,
-                                                    input_example=input_example, serialization_format="pickle"))
+        try:
+            with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
+                # Explicit requirements: inferring them imports the model in a subprocess (slow).
+                # Pickle, not the traced pt2 format: tracing a U-Net takes tens of seconds on a CPU.
+                _retry(lambda: mlflow.pytorch.log_model(model, name=name, pip_requirements=pip_requirements,
+                                                        input_example=input_example, serialization_format="pickle"))
+        finally:
+            if exported is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = exported
         # Leaving start_run() ended the run; the stage ends it itself (FINISHED or FAILED).
         _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
 
