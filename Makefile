@@ -6,6 +6,8 @@ STAMP   := $(VENV)/.seglab-installed
 CORES   ?= all
 # Training jobs declare `gpu` resources; on a CPU machine they need none (see workflow/rules/common.smk).
 GPUS    ?= 1
+# pytest-xdist workers for the tests: two workflows side by side keep 2 cores busy (see tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test test-fast ui pull clean dag snakemake-report
 
@@ -21,10 +23,10 @@ run: $(STAMP)  ## the whole study on the built-in dataset (config.yaml)
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPUS)
 
 test: $(STAMP)  ## the test suite
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 test-fast: $(STAMP)  ## the inner loop: everything but the whole-workflow (e2e) tests, under 2 minutes
-	$(BIN)/python -m pytest -q -m "not e2e" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not e2e" tests
 
 snakemake-report: $(STAMP)  ## Snakemake's own report of the finished study, with the figures and captions
 	$(BIN)/snakemake --report results/snakemake-report.html

@@ -75,3 +75,34 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
     assert "Job stats" in repro.stdout + repro.stderr  # DVC's stage ran Snakemake
     commit(root, "results")  # dvc.lock, and the small metrics/curves that .gitignore lets through
     return FinishedStudy(root, root / "config.yaml", cfg, study_commit)
+
+
+# ------------------------------------------------------------------ running in parallel
+# `make test` runs the suite on two pytest-xdist workers: most of its time is Snakemake
+# workflows whose job chains keep one core busy (one Python process importing torch at a
+# time), so two test modules side by side use a 2-core machine better. Each module runs
+# whole on one worker, so its module-scoped study is built once; the modules that read the
+# session's finished study share one worker, so that study too runs once, as without xdist.
+# (xdist's own `--dist loadgroup` marks do not reach its scheduler under pytest 9, which
+# keeps node ids elsewhere: the scopes are drawn here instead.)
+FINISHED_STUDY_GROUP = "finished-study"
+
+
+def finished_study_modules() -> set[str]:
+    """The test files that take the finished study (the scheduler sees node ids, not fixtures)."""
+    return {path.name for path in Path(__file__).parent.glob("test_*.py") if "finished_study" in path.read_text()}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    sharing = finished_study_modules()
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """One scope per test file, and one for every file that reads the finished study."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return FINISHED_STUDY_GROUP if Path(module).name in sharing else module
+
+    return ModuleScheduling(config, log)
