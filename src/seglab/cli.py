@@ -56,7 +56,8 @@ def cmd_split(args: argparse.Namespace) -> None:
         if not test_file.is_absolute():
             test_file = Path(verified["root"]) / test_file
         test_ids = read_test_list(test_file, split["test_key"])
-    roles = manifest["role"].fillna("").astype(str) if "role" in manifest else pd.Series("", index=manifest.index)
+    # An all-empty role column reads as float NaN: fill it as strings.
+    roles = manifest["role"].astype("string").fillna("") if "role" in manifest else pd.Series("", index=manifest.index)
     if roles.isin(["train", "val", "test"]).any():
         # A pre-split dataset (dataset.folder.train/val/test): its folders are the split.
         splits = make_presplit_splits(manifest, split["validation"], split["folds"], split["test_fraction"], split["seed"],
