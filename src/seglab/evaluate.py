@@ -94,6 +94,21 @@ def nanmean(values: list[float]) -> float:
     return float(np.mean(defined)) if defined else float("nan")
 
 
+def fold_facts(fold_summaries: list[dict[str, Any]], run_id: str | None) -> dict[str, Any]:
+    """What an evaluation records of the fold models it ensembles (any task): the CV summary,
+    parameter counts, training time, best epochs, device and the MLflow runs."""
+    return {
+        "cv": cv_summary(fold_summaries),
+        "params_trainable": fold_summaries[0].get("params_trainable"),
+        "params_frozen": fold_summaries[0].get("params_frozen"),
+        "train_seconds": sum(s["train_seconds"] for s in fold_summaries),
+        "best_epochs": [s["best_epoch"] for s in fold_summaries],
+        "device": fold_summaries[0].get("device"),
+        "run_ids": [s.get("run_id") for s in fold_summaries],
+        "variant_run_id": run_id,
+    }
+
+
 def cv_summary(fold_summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, standard deviation and t-based 95% CI over folds of the best-epoch validation metrics."""
     out: dict[str, Any] = {"folds": len(fold_summaries)}
@@ -250,14 +265,7 @@ def evaluate_variant(
         "test": test,
         "test_confusion": confusion.tolist(),
         "oof": oof,
-        "cv": cv_summary(fold_summaries),
-        "params_trainable": fold_summaries[0].get("params_trainable"),
-        "params_frozen": fold_summaries[0].get("params_frozen"),
-        "train_seconds": sum(s["train_seconds"] for s in fold_summaries),
-        "best_epochs": [s["best_epoch"] for s in fold_summaries],
-        "device": fold_summaries[0].get("device"),
-        "run_ids": [s.get("run_id") for s in fold_summaries],
-        "variant_run_id": run_id,
+        **fold_facts(fold_summaries, run_id),
     }
     (out_dir / layout.EVAL_METRICS).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics

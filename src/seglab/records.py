@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -85,9 +85,14 @@ def record_weights(run: Any, path: Path) -> None:
     run.set_tags({"seglab.weights": str(path), "seglab.weights_sha256": digest})
 
 
-def record_fold(run: Any, cfg: dict[str, Any], out_dir: Path, fold: int, prepared: Path) -> None:
-    """A finished fold: learning-curve PNG, resolved config, weights path/sha256, and the model
-    itself when ``tracking.log_model`` asks for it."""
+def record_fold(run: Any, cfg: dict[str, Any], out_dir: Path, fold: int, prepared: Path,
+                load_model: Callable[[dict[str, Any], Path, dict[str, Any]], tuple[Any, Any]] | None = None) -> None:
+    """A finished fold (any task): learning-curve PNG, resolved config, weights path/sha256, and the
+    model itself when ``tracking.log_model`` asks for it.
+
+    ``load_model(cfg, checkpoint, fingerprint)`` gives the task's model and an example input (which
+    lets MLflow record the model's signature); the default is segmentation's.
+    """
     from .report import figures
 
     history = pd.read_csv(out_dir / layout.HISTORY)
@@ -97,13 +102,16 @@ def record_fold(run: Any, cfg: dict[str, Any], out_dir: Path, fold: int, prepare
     record_config(run, cfg, "variant")
     record_weights(run, out_dir / layout.CHECKPOINT)
     if cfg["tracking"]["log_model"]:
-        import numpy as np
-
         fp = read_json(prepared / layout.FINGERPRINT)
-        model = load_fold_model(cfg, out_dir / layout.CHECKPOINT, fp["num_classes"])
-        # An example input lets MLflow record the model's signature (input and output shapes).
-        example = np.zeros((1, 3, fp["size"], fp["size"]), dtype=np.float32)
+        model, example = (load_model or segmentation_model_and_example)(cfg, out_dir / layout.CHECKPOINT, fp)
         run.log_pytorch_model(model, "model", _pip_requirements(), example)
+
+
+def segmentation_model_and_example(cfg: dict[str, Any], checkpoint: Path, fingerprint: dict[str, Any]) -> tuple[Any, Any]:
+    import numpy as np
+
+    model = load_fold_model(cfg, checkpoint, fingerprint["num_classes"])
+    return model, np.zeros((1, 3, fingerprint["size"], fingerprint["size"]), dtype=np.float32)
 
 
 def load_fold_model(cfg: dict[str, Any], checkpoint: Path, num_classes: int) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -77,6 +77,28 @@ def build_train_set(data: PreparedData, ids: list[str], augmentation: dict[str, 
     return (Repeated(dataset, times) if times > 1 else dataset), augment
 
 
+class Controls(NamedTuple):
+    """What steers one fold's training (any task): the optimiser over every parameter, early
+    stopping, best-checkpoint selection, the learning-rate schedule and the unfreeze epoch."""
+
+    optimizer: torch.optim.Optimizer
+    stopper: EarlyStopping
+    selector: EarlyStopping
+    schedule: Any
+    unfreeze_at: int | None
+
+
+def build_controls(variant: dict[str, Any], model: torch.nn.Module) -> Controls:
+    # Every parameter goes to the optimiser: frozen ones get no gradient, hence no update,
+    # and start moving as soon as the encoder is unfrozen.
+    cfg_train = variant["train"]
+    optimizer = build_optimizer(variant["optimizer"], model.parameters())
+    stopper, selector = build_stoppers(cfg_train)
+    schedule = build_schedule(variant["schedule"], optimizer, cfg_train["epochs"], stopper.mode)
+    unfreeze_at = cfg_train["unfreeze_at_epoch"] if cfg_train["freeze_encoder"] else None
+    return Controls(optimizer, stopper, selector, schedule, unfreeze_at)
+
+
 def build_stoppers(cfg_train: dict[str, Any]) -> tuple[EarlyStopping, EarlyStopping]:
     """Early stopping on ``train.monitor`` and best-checkpoint selection on ``train.checkpoint_metric``."""
     monitor = cfg_train["monitor"]
@@ -132,15 +154,10 @@ def train_fold(
         loss_cfg = resolve_auto_weights(loss_cfg, class_weights)
         run.log_params({"class_weights_auto": class_weights})
     loss_fn = build_loss(loss_cfg, data.num_classes, ignore)
-    # Every parameter goes to the optimiser: frozen ones get no gradient, hence no update,
-    # and start moving as soon as the encoder is unfrozen.
-    optimizer = build_optimizer(variant["optimizer"], model.parameters())
+    optimizer, stopper, selector, schedule, unfreeze_at = build_controls(variant, model)
     metrics = MetricAccumulator(data.num_classes, ignore, data.foreground_classes)
     train_metrics = MetricAccumulator(data.num_classes, ignore, data.foreground_classes)  # train_dice ... per epoch
     params = count_parameters(model)
-    stopper, selector = build_stoppers(cfg_train)
-    schedule = build_schedule(variant["schedule"], optimizer, cfg_train["epochs"], stopper.mode)
-    unfreeze_at = cfg_train["unfreeze_at_epoch"] if cfg_train["freeze_encoder"] else None
 
     run.log_params({
         "fold": fold, "repeat": splits["repeat"], "seed": seed, "device": device.type, "train_images": len(train_ids),

@@ -32,7 +32,7 @@ from ..class_scores import classification_scores, per_image_correct
 from ..data.loaders import make_loader
 from ..data.splits import fold_ids
 from ..engine import Execution
-from ..evaluate import EVAL_BATCH, cv_summary
+from ..evaluate import EVAL_BATCH, fold_facts
 from .cams import write_cam_grid
 from .data import ClassificationDataset, PreparedImages
 from .models import input_channels
@@ -130,14 +130,7 @@ def evaluate_variant(variant: dict[str, Any], prepared: Path, splits: dict[str, 
     metrics = {
         "task": "classification", "variant": variant["variant"], "repeat": splits["repeat"], "test_images": len(test_ids),
         "tta": tta, "classes": classes, "test": test, "test_confusion": confusion, "oof": oof,
-        "cv": cv_summary(fold_summaries),
-        "params_trainable": fold_summaries[0].get("params_trainable"),
-        "params_frozen": fold_summaries[0].get("params_frozen"),
-        "train_seconds": sum(s["train_seconds"] for s in fold_summaries),
-        "best_epochs": [s["best_epoch"] for s in fold_summaries],
-        "device": fold_summaries[0].get("device"),
-        "run_ids": [s.get("run_id") for s in fold_summaries],
-        "variant_run_id": run_id,
+        **fold_facts(fold_summaries, run_id),
     }
     (out_dir / layout.EVAL_METRICS).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics

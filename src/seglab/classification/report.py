@@ -13,14 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .. import layout
-from ..report import figures
 from ..report.class_figures import confusion_matrix_figure
-from ..report.document import (Figures, ReportInputs, _cell, _fmt, _page, run_ids_html, significance_html,
-                               significance_markdown)
+from ..report.document import (Figures, ReportInputs, _cell, _fmt, _page, curve_and_augmentation_sections, run_ids_html,
+                               significance_html, significance_markdown, table_html)
 from .data import PreparedImages
 
 # (key in the study table, header, which value is best).
@@ -43,30 +41,6 @@ def variant_table(metrics: dict[str, Any]) -> pd.DataFrame:
     table["cv_accuracy_ci"] = [f"{_fmt(lo)} – {_fmt(hi)}" for lo, hi in
                                zip(table["cv_accuracy_ci95_low"], table["cv_accuracy_ci95_high"])]
     return table
-
-
-def _best(table: pd.DataFrame) -> dict[str, float]:
-    best = {}
-    for key, _, rule in COLUMNS:
-        values = pd.to_numeric(table[key], errors="coerce") if key in table else pd.Series(dtype=float)
-        if rule and values.notna().any():
-            best[key] = values.max() if rule == "max" else values.min()
-    return best
-
-
-def _marked(best: dict[str, float], key: str, value: Any) -> bool:
-    return key in best and isinstance(value, (int, float, np.number)) and not pd.isna(value) and float(value) == best[key]
-
-
-def table_html(table: pd.DataFrame) -> str:
-    best = _best(table)
-    head = "".join(f"<th>{label}</th>" for _, label, _ in COLUMNS)
-    rows = []
-    for name, row in table.iterrows():
-        cells = "".join(f"<td{' class=best' if _marked(best, k, row.get(k)) else ''}>{_cell(k, row.get(k))}</td>"
-                        for k, _, _ in COLUMNS)
-        rows.append(f"<tr><th>{html.escape(str(name))}</th>{cells}</tr>")
-    return f"<table class=variants><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def table_markdown(table: pd.DataFrame) -> str:
@@ -126,20 +100,11 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
         "validation fold, all out-of-fold images scored together. Test: each repeat's fold ensemble (mean of its folds' "
         "class probabilities) on the held-out test set, mean over repeats. Balanced accuracy is the mean recall over "
         "classes; ROC AUC is one-vs-rest (macro) for more than two classes. Best value per column in bold.</p>",
-        table_html(table),
+        table_html(table, COLUMNS),
         "<h2>Significance against the baseline</h2>",
         significance_html(inputs.comparisons),
-        "<h2>Learning curves (loss and validation accuracy)</h2><div class=grid>",
     ]
-    for variant in table.index:
-        sections.append(figs.add(f"curves_{variant}", figures.learning_curves(inputs.curves, variant), f"learning curves {variant}"))
-    sections.append("</div>")
-    previews = {v: p for v, p in inputs.augmentation_previews.items() if p.is_file()}
-    if previews:
-        sections.append("<h2>Augmentation (training samples as the network saw them, fold 0)</h2>")
-        for variant, path in previews.items():
-            sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"augmentation_{variant}", path.read_bytes(),
-                                                                             f"augmented training samples {variant}"))
+    sections += curve_and_augmentation_sections(figs, inputs, list(table.index), "Learning curves (loss and validation accuracy)")
     sections.append("<h2>Per class and confusion matrices (test ensemble, repeat 0)</h2>")
     for variant, eval_dir in inputs.eval_dirs.items():
         evaluation = json.loads((eval_dir / layout.EVAL_METRICS).read_text())

@@ -28,10 +28,9 @@ from ..models.freeze import set_encoder_trainable
 from ..resumable import RESUME_DIR, fit_resumable, resume_key
 from ..resume import ResumeStore
 from ..runtime import seed_everything
-from ..schedule import build_schedule
 from ..seeds import training_seed
 from ..tracking import NullRun, Run
-from ..train import build_optimizer, build_stoppers
+from ..train import build_controls
 from .data import ClassificationDataset, PreparedImages
 from .losses import AccuracyAccumulator, auto_class_weights, build_classification_loss
 from .models import build_classifier, initialise_classifier, input_channels, set_trainable
@@ -97,12 +96,9 @@ def train_fold(variant: dict[str, Any], prepared: Path, splits: dict[str, Any], 
     if class_weights is not None:
         run.log_params({"class_weights_auto": class_weights})
     loss_fn = build_classification_loss(loss_cfg, data.num_classes).to(device)
-    optimizer = build_optimizer(variant["optimizer"], model.parameters())
+    optimizer, stopper, selector, schedule, unfreeze_at = build_controls(variant, model)
     metrics = AccuracyAccumulator(data.num_classes)
     params = count_parameters(model)
-    stopper, selector = build_stoppers(cfg_train)
-    schedule = build_schedule(variant["schedule"], optimizer, cfg_train["epochs"], stopper.mode)
-    unfreeze_at = cfg_train["unfreeze_at_epoch"] if cfg_train["freeze_encoder"] else None
 
     run.log_params({
         "fold": fold, "repeat": splits["repeat"], "seed": seed, "device": device.type, "train_images": len(train_ids),

@@ -96,9 +96,9 @@ def variant_table(metrics: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
-def _best_per_column(table: pd.DataFrame) -> dict[str, float]:
+def _best_per_column(table: pd.DataFrame, columns: list[tuple[str, str, str | None]] = COLUMNS) -> dict[str, float]:
     best = {}
-    for key, _, rule in COLUMNS:
+    for key, _, rule in columns:
         if rule and key in table and pd.to_numeric(table[key], errors="coerce").notna().any():
             values = pd.to_numeric(table[key], errors="coerce")
             best[key] = values.max() if rule == "max" else values.min()
@@ -109,13 +109,16 @@ def _is_best(best: dict[str, float], key: str, value: Any) -> bool:
     return key in best and isinstance(value, (int, float, np.number)) and not pd.isna(value) and float(value) == best[key]
 
 
-def table_html(table: pd.DataFrame) -> str:
-    best = _best_per_column(table)
-    head = "".join(f"<th>{label}</th>" for _, label, _ in COLUMNS)
+def table_html(table: pd.DataFrame, columns: list[tuple[str, str, str | None]] = COLUMNS) -> str:
+    """The variants table, one row per variant, the best value of each ranked column marked.
+
+    ``columns``: (key, label, "max" | "min" | None) per column; a task's report passes its own."""
+    best = _best_per_column(table, columns)
+    head = "".join(f"<th>{label}</th>" for _, label, _ in columns)
     rows = []
     for name, row in table.iterrows():
         cells = []
-        for key, _, _ in COLUMNS:
+        for key, _, _ in columns:
             value = row.get(key)
             cells.append(f"<td{' class=best' if _is_best(best, key, value) else ''}>{_cell(key, value)}</td>")
         rows.append(f"<tr><th>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
@@ -407,20 +410,8 @@ def build_report(inputs: ReportInputs, out_dir: Path) -> None:
                 "</div>",
                 figs.add("metric_and_loss_bars", figures.metric_and_loss_bars(
                     table, figures.best_epoch_losses(inputs.curves, {v: r.get("best_epochs") for v, r in metrics["variants"].items()})),
-                    "test IoU and Dice beside train and validation loss"),
-                "<h2>Learning curves</h2><div class=grid>"]
-    for variant in table.index:
-        sections.append(figs.add(f"curves_{variant}", figures.learning_curves(inputs.curves, variant), f"learning curves {variant}"))
-    sections.append("</div>")
-    previews = {v: p for v, p in inputs.augmentation_previews.items() if p.is_file()}
-    if previews:
-        sections.append("<h2>Augmentation (training samples as the network saw them, fold 0)</h2>")
-        for variant, path in previews.items():
-            sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"augmentation_{variant}", path.read_bytes(),
-                                                                             f"augmented training samples {variant}"))
-        plain = [v for v in table.index if v not in previews]
-        if plain:
-            sections.append(f"<p>Without augmentation: {html.escape(', '.join(plain))}.</p>")
+                    "test IoU and Dice beside train and validation loss")]
+    sections += curve_and_augmentation_sections(figs, inputs, list(table.index), "Learning curves")
     multi = data.num_classes > 2
     if multi:
         sections.append("<h2>Per class (test ensemble and pooled OOF)</h2>")
@@ -470,6 +461,24 @@ def _markdown(facts: dict[str, Any], table: pd.DataFrame, comparisons: dict[str,
     lines += ["## Significance against the baseline", ""]
     lines += significance_markdown(comparisons) + [""]
     return "\n".join(lines)
+
+
+def curve_and_augmentation_sections(figs: "Figures", inputs: ReportInputs, variants: list[str], title: str) -> list[str]:
+    """Each variant's learning curves, then its augmented training samples (any task)."""
+    sections = [f"<h2>{html.escape(title)}</h2><div class=grid>"]
+    for variant in variants:
+        sections.append(figs.add(f"curves_{variant}", figures.learning_curves(inputs.curves, variant), f"learning curves {variant}"))
+    sections.append("</div>")
+    previews = {v: p for v, p in inputs.augmentation_previews.items() if p.is_file()}
+    if previews:
+        sections.append("<h2>Augmentation (training samples as the network saw them, fold 0)</h2>")
+        for variant, path in previews.items():
+            sections.append(f"<h3>{html.escape(variant)}</h3>" + figs.add(f"augmentation_{variant}", path.read_bytes(),
+                                                                             f"augmented training samples {variant}"))
+        plain = [v for v in variants if v not in previews]
+        if plain:
+            sections.append(f"<p>Without augmentation: {html.escape(', '.join(plain))}.</p>")
+    return sections
 
 
 def _page(title: str, body: str) -> str:

@@ -63,28 +63,22 @@ def train_fold(*args: Any) -> dict[str, Any]:
 def record_fold(run: Any, cfg: dict[str, Any], out: Path, fold: int, prepared: Path) -> None:
     """Learning curves (loss and accuracy), resolved config, weights path and sha256, and the model
     itself when ``tracking.log_model`` asks for it."""
-    from ..records import _pip_requirements, record_config, record_weights
-    from ..report import figures
+    from ..records import record_fold as record
 
-    history = pd.read_csv(out / layout.HISTORY)
-    history.insert(0, "fold", fold)
-    history.insert(0, "variant", cfg["variant"])
-    run.log_bytes(figures.learning_curves(history, cfg["variant"]), "plots/learning_curves.png")
-    record_config(run, cfg, "variant")
-    record_weights(run, out / layout.CHECKPOINT)
-    if cfg["tracking"]["log_model"]:
-        import torch
+    record(run, cfg, out, fold, prepared, classifier_and_example)
 
-        from ..classification.models import input_channels
-        from ..classification.train import load_classifiers
-        from ..config import read_json
-        from ..engine import Execution
 
-        fp = read_json(prepared / layout.FINGERPRINT)
-        model = load_classifiers([out / layout.CHECKPOINT], cfg, fp["channels"], fp["num_classes"],
-                                 Execution(torch.device("cpu")))[0]
-        example = np.zeros((1, input_channels(cfg["model"], fp["channels"]), fp["size"], fp["size"]), dtype=np.float32)
-        run.log_pytorch_model(model, "model", _pip_requirements(), example)
+def classifier_and_example(cfg: dict[str, Any], checkpoint: Path, fingerprint: dict[str, Any]) -> tuple[Any, Any]:
+    import torch
+
+    from ..classification.models import input_channels
+    from ..classification.train import load_classifiers
+    from ..engine import Execution
+
+    model = load_classifiers([checkpoint], cfg, fingerprint["channels"], fingerprint["num_classes"],
+                             Execution(torch.device("cpu")))[0]
+    size = fingerprint["size"]
+    return model, np.zeros((1, input_channels(cfg["model"], fingerprint["channels"]), size, size), dtype=np.float32)
 
 
 def evaluate_variant(*args: Any, **kwargs: Any) -> dict[str, Any]:
