@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from seglab.config import validate
-from seglab.data.dataset import PreparedData
+from seglab.data.prepared import PreparedData
 from seglab.data.preprocess import preprocess
 from seglab.data.sources import fetch_dataset
 from seglab.data.verify import verify_dataset

@@ -22,7 +22,8 @@ import torch
 
 from common import (MODEL_CONFIGS, add_execution_options, describe, execution_from, prepared_cache, resolved_loss,
                     resolved_model, sync)
-from seglab.data.dataset import PreparedData, SegmentationDataset
+from seglab.data.dataset import SegmentationDataset
+from seglab.data.prepared import PreparedData
 from seglab.data.transforms import build_augmentation
 from seglab.engine import Execution, run_epoch
 from seglab.losses import build_loss

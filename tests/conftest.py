@@ -35,7 +35,7 @@ class TinyData:
     cfg: dict[str, Any]  # the validated tiny study
     root: Path  # raw/ and prepared/
     report: dict[str, Any]  # what verification found
-    data: Any  # seglab.data.dataset.PreparedData of root/prepared
+    data: Any  # seglab.data.prepared.PreparedData of root/prepared
     splits: dict[str, Any]
 
 
@@ -45,7 +45,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
     import pandas as pd
 
     from seglab.config import validate
-    from seglab.data.dataset import PreparedData
+    from seglab.data.prepared import PreparedData
     from seglab.data.preprocess import preprocess
     from seglab.data.sources import fetch_dataset
     from seglab.data.splits import make_splits

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from seglab.config import load_config
-from seglab.data.dataset import PreparedData
+from seglab.data.prepared import PreparedData
 from seglab.data.io import IGNORE
 from seglab.data.preprocess import preprocess
 from seglab.data.splits import make_splits, read_test_list

@@ -14,7 +14,7 @@ from PIL import Image
 
 from seglab import layout
 from seglab.config import ConfigError, validate
-from seglab.data.dataset import PreparedData
+from seglab.data.prepared import PreparedData
 from seglab.data.io import IGNORE
 from seglab.data.patches import PatchDataset
 from seglab.data.preprocess import fit_native, preprocess

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from seglab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from seglab.data.dataset import PreparedData, SegmentationDataset
+from seglab.data.dataset import SegmentationDataset
+from seglab.data.prepared import PreparedData
 from seglab.data.io import DataError
 from seglab.data.splits import fold_ids, make_splits
 from seglab.data.verify import verify_dataset
-from seglab.engine import EarlyStopping, Execution, run_epoch
+from seglab.engine import Execution, run_epoch
+from seglab.stopping import EarlyStopping
 from seglab.losses import build_loss
 from seglab.models import build_model
 from seglab.train import train_fold

@@ -12,7 +12,7 @@ from seglab.config import ConfigError, deep_merge, validate
 from seglab.data.colour import ab_to_unit, colorization_refusal, is_grayscale, lab_to_rgb, rgb_to_lab, unit_to_ab
 from seglab.data.io import IGNORE
 from seglab.data.transforms import build_augmentation, parse_policy
-from seglab.engine import EarlyStopping, monitor_mode
+from seglab.stopping import EarlyStopping, monitor_mode
 from seglab.schedule import EpochSchedule
 
 

@@ -90,7 +90,7 @@ def variant_row(repeats: list[dict[str, Any]]) -> dict[str, Any]:
 
 def selection_rule(cfg_train: dict[str, Any]) -> tuple[str, str]:
     """The epoch value that picks a fold's kept checkpoint, and its direction (as train.build_stoppers)."""
-    from .engine import monitor_mode
+    from .stopping import monitor_mode
 
     metric = cfg_train["checkpoint_metric"] or cfg_train["monitor"]
     return metric, monitor_mode(metric, cfg_train["checkpoint_mode"] if cfg_train["checkpoint_metric"] else cfg_train["mode"])

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .data.io import sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a checkpoint is written or read, not here: every stage's command
+# imports CheckpointError, and the stages that never touch weights (data, summaries, report)
+# should not pay torch's ~1.5 s import per job.
 
 
 class CheckpointError(RuntimeError):
@@ -28,6 +33,8 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> str:
     """Atomically write ``obj`` with torch.save and its sha256 sidecar; return the digest."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import torch
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
@@ -48,6 +55,8 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> str:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load after checking the sha256 sidecar; never unpickles arbitrary objects."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found. Run the stage that writes it first.")

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from . import layout
-from .data.dataset import PreparedData, SegmentationDataset
+from .data.dataset import SegmentationDataset
+from .data.prepared import PreparedData
 from .data.loaders import make_loader
 from .data.splits import fold_ids
 from .engine import Execution

@@ -22,7 +22,8 @@ from . import layout
 from .checkpoint import load_checkpoint
 from .config import ConfigError
 from .data.colour import ab_to_unit, colorization_refusal, lab_to_rgb, rgb_to_lab, unit_to_ab
-from .data.dataset import ColorizationDataset, PreparedData
+from .data.dataset import ColorizationDataset
+from .data.prepared import PreparedData
 from .data.loaders import loader_workers, make_loader
 from .data.splits import fold_ids, training_pool
 from .data.transforms import build_augmentation

@@ -156,7 +156,7 @@ def evaluation_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def record_evaluation(run: Any, cfg: dict[str, Any], eval_dir: Path, prepared: Path, splits: dict[str, Any]) -> None:
     """The evaluation run: per-image CSV, metrics JSON, sample overlays, resolved config."""
-    from .data.dataset import PreparedData
+    from .data.prepared import PreparedData
     from .report import figures
     from .report.document import sample_rows
 

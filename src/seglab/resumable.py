@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from .config import config_hash
 from .data.loaders import loader_generators
-from .engine import EarlyStopping, Execution, fit
+from .engine import Execution, fit
+from .stopping import EarlyStopping
 from .metrics import MetricAccumulator
 from .resume import ResumeStore, restore_training, training_state
 from .tracking import Run

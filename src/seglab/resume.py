@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sidecar
-from .engine import EarlyStopping
+from .stopping import EarlyStopping
 
 FORMAT = 1
 KEEP = 2

@@ -20,14 +20,16 @@ from torch.utils.data import Dataset
 
 from . import layout
 from .data.augmented import ArrayDataset, Repeated, augmentation_grid, offline_copies
-from .data.dataset import PreparedData, SegmentationDataset
+from .data.dataset import SegmentationDataset
+from .data.prepared import PreparedData
 from .data.io import IGNORE, sha256_file
 from .data.loaders import loader_workers, make_loader
 from .data.splits import fold_ids
 from .data.transforms import build_augmentation
 from .class_balance import fold_class_weights, resolve_auto_weights, uses_auto_weights
 from .data.patches import PatchDataset
-from .engine import EarlyStopping, Execution, monitor_mode
+from .engine import Execution
+from .stopping import EarlyStopping, monitor_mode
 from .inference import inference_window, validate_whole_images
 from .losses import build_loss
 from .metrics import MetricAccumulator

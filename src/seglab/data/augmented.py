@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .dataset import Key, PreparedData, normalise, split_key
+from .dataset import Key, normalise, split_key
+from .prepared import PreparedData
 from .io import IGNORE
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .dataset import Key, PreparedData, normalise
+from .dataset import Key, normalise
+from .prepared import PreparedData
 from .io import IGNORE
 
 

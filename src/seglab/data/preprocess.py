@@ -115,7 +115,7 @@ class _BlobStore:
 
     def put(self, i: int, image: np.ndarray, mask: np.ndarray) -> None:
         # A grey image (three equal channels) is stored as one: a third of the bytes. Readers
-        # get three channels back, as the models take them (seglab.data.dataset.BlobRows).
+        # get three channels back, as the models take them (seglab.data.prepared.BlobRows).
         if (image[..., 0] == image[..., 1]).all() and (image[..., 0] == image[..., 2]).all():
             image = image[..., :1]
         self.rows.append({"index": i, "height": int(mask.shape[0]), "width": int(mask.shape[1]),

@@ -21,7 +21,7 @@ import pandas as pd
 
 from .. import layout
 from ..config import config_hash
-from ..data.dataset import PreparedData
+from ..data.prepared import PreparedData
 from . import figures
 
 # (key in the study table, header, which value is best). "ci" and list columns are formatted, never marked.
