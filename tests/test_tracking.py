@@ -25,6 +25,8 @@ def _worker(uri: str, index: int, barrier) -> None:
     barrier.wait()  # every process hits the store at the same moment
     run = tracker.open(f"concurrency/variant/fold{index}", f"fold{index}", parent_key="concurrency/variant",
                        tags={"seglab.fold": index})
+    barrier.wait()  # and log the study's dataset at the same moment, as a study's first trainings do
+    run.log_dataset("lesions", "d1g3st", str(Path(uri[len("sqlite:///"):]).parent / "raw"), "training", {"num_images": 30})
     run.log_params({"fold": index, **{f"p{i}": i for i in range(30)}})
     for epoch in range(1, EPOCHS + 1):
         run.log_metrics({name: index * 1000 + epoch + i / 10 for i, name in enumerate(METRICS)}, step=epoch)
@@ -52,6 +54,7 @@ def test_parallel_processes_lose_no_run_and_no_metric(tmp_path):
         run = runs[f"fold{i}"]
         assert run.data.tags["mlflow.parentRunId"] == parent_id
         assert run.info.status == "FINISHED" and run.data.params["fold"] == str(i) and len(run.data.params) == 31
+        assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("lesions", "d1g3st")]
         for j, name in enumerate(METRICS):
             history = tracker.client.get_metric_history(run.info.run_id, name)
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (i, name)

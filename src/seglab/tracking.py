@@ -177,14 +177,17 @@ def print_ui_links(uri: str | None = None, ui: str = "http://127.0.0.1:5000") ->
         print("  (no study recorded yet: run one with `make run`)")
 
 
-def _retry(call: Callable[[], T], attempts: int = 30) -> T:
-    """Retry while SQLite reports a lock: parallel jobs write to the same store."""
+def _retry(call: Callable[[], T], attempts: int = 30, also: tuple[str, ...] = ()) -> T:
+    """Retry while SQLite reports a lock: parallel jobs write to the same store.
+
+    ``also``: more error texts (lower case) that a retry resolves for this call.
+    """
     for attempt in range(attempts):
         try:
             return call()
         except Exception as exc:  # mlflow wraps sqlite errors in several exception types
             text = str(exc).lower()
-            if ("locked" not in text and "busy" not in text) or attempt == attempts - 1:
+            if not any(word in text for word in ("locked", "busy", *also)) or attempt == attempts - 1:
                 raise
             time.sleep(min(0.1 * 2**attempt, 2.0))
     raise AssertionError("unreachable")
@@ -261,7 +264,13 @@ class Run:
         if any(d.dataset.name == name and d.dataset.digest == digest for d in logged):
             return
         tags = [InputTag("mlflow.data.context", context)]
-        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)]))
+        # MLflow looks the dataset up in the experiment and inserts it when missing: two folds that
+        # start together both miss it and the second insert fails (UNIQUE constraint). Under the
+        # store's lock the second finds the first one's record; a store shared beyond this
+        # machine's lock gets the same effect from a retry, which then finds the record.
+        with _lock(self.uri or self.client.tracking_uri):
+            _retry(lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags)]),
+                   also=("unique constraint",))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         if Path(path).exists():
