@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,31 +79,61 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
 
 
 # ------------------------------------------------------------------ running in parallel
-# `make test` runs the suite on two pytest-xdist workers: most of its time is Snakemake
-# workflows whose job chains keep one core busy (one Python process importing torch at a
-# time), so two test modules side by side use a 2-core machine better. Each module runs
-# whole on one worker, so its module-scoped study is built once; the modules that read the
-# session's finished study share one worker, so that study too runs once, as without xdist.
+# `make test` runs the suite on pytest-xdist workers (TEST_WORKERS): most of its time is
+# Snakemake workflows whose job chains keep one core busy (one Python process importing torch
+# at a time) or wait on a service (SLURM's status checks, a server starting), so workflows
+# side by side use the machine better. Scheduling units:
+# - a module with a module-scoped fixture (its own study or server) runs whole on one worker,
+#   so that study is built once;
+# - the modules that read the session's finished study share one unit, so it too runs once;
+# - any other test is a unit of its own, so long parametrized tests spread over the workers.
+# Units are handed out longest first (the finished study, then the other end-to-end modules),
+# so the last minutes are not one worker finishing a whole workflow while the others idle.
 # (xdist's own `--dist loadgroup` marks do not reach its scheduler under pytest 9, which
-# keeps node ids elsewhere: the scopes are drawn here instead.)
+# keeps node ids elsewhere: the units are drawn here instead.)
 FINISHED_STUDY_GROUP = "finished-study"
+MODULE_FIXTURE = re.compile(r"""@pytest\.fixture\(\s*scope=["'](module|package|class)["']""")
 
 
-def finished_study_modules() -> set[str]:
-    """The test files that take the finished study (the scheduler sees node ids, not fixtures)."""
-    return {path.name for path in Path(__file__).parent.glob("test_*.py") if "finished_study" in path.read_text()}
+def scheduling_facts() -> dict[str, set[str]]:
+    """Per test file, what the scheduler must know (it sees node ids, not fixtures or marks)."""
+    sources = {path.name: path.read_text() for path in Path(__file__).parent.glob("test_*.py")}
+    return {
+        "sharing": {name for name, text in sources.items() if "finished_study" in text},
+        "whole": {name for name, text in sources.items() if MODULE_FIXTURE.search(text)},
+        "slow": {name for name, text in sources.items() if "pytest.mark.e2e" in text},
+    }
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 
-    sharing = finished_study_modules()
+    facts = scheduling_facts()
 
-    class ModuleScheduling(LoadScopeScheduling):
-        """One scope per test file, and one for every file that reads the finished study."""
+    def rank(scope: str) -> int:
+        """0 first: the finished study's unit, then whole end-to-end modules, end-to-end tests, the rest."""
+        module = Path(scope.split("::", 1)[0]).name
+        if scope == FINISHED_STUDY_GROUP:
+            return 0
+        if module in facts["slow"]:
+            return 1 if "::" not in scope else 2
+        return 3
+
+    class StudyScheduling(LoadScopeScheduling):
+        ordered = False
 
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return FINISHED_STUDY_GROUP if Path(module).name in sharing else module
+            module = Path(nodeid.split("::", 1)[0]).name
+            if module in facts["sharing"]:
+                return FINISHED_STUDY_GROUP
+            return nodeid.split("::", 1)[0] if module in facts["whole"] else nodeid
 
-    return ModuleScheduling(config, log)
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # once, before the first unit leaves: longest first, file order within
+                units = sorted(self.workqueue.items(), key=lambda unit: rank(unit[0]))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return StudyScheduling(config, log)
