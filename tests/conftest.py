@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -66,16 +67,31 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
 def finished_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
     """The tiny study as a user runs it: `dvc repro` in a fresh git + DVC project, which runs
     Snakemake; its dvc.lock and small metrics committed. Shared by the workflow, MLflow,
-    report and DVC tests instead of each running its own."""
+    report and DVC tests instead of each running its own.
+
+    Under pytest-xdist it is built once for all workers (xdist's recipe for a session fixture
+    that must run once): the first worker to ask builds it in the temporary folder the workers
+    share, under a file lock; the others wait for it and read the same study.
+    """
     if shutil.which("git") is None:
         pytest.skip("git is not installed: the finished study is a DVC project, which lives in a git repository")
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "finished-study"
+    shared.mkdir(parents=True, exist_ok=True)
     cfg = dvc_study()
-    root = new_project(tmp_path_factory.mktemp("finished-study") / "project", cfg)
-    study_commit = sh(root, "git", "rev-parse", "HEAD").stdout.strip()
-    repro = sh(root, "dvc", "repro")
-    assert "Job stats" in repro.stdout + repro.stderr  # DVC's stage ran Snakemake
-    commit(root, "results")  # dvc.lock, and the small metrics/curves that .gitignore lets through
-    return FinishedStudy(root, root / "config.yaml", cfg, study_commit)
+    root, done = shared / "project", shared / "commit.txt"
+    with FileLock(str(shared.with_suffix(".lock"))):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way on another worker
+            new_project(root, cfg)
+            repro = sh(root, "dvc", "repro")
+            assert "Job stats" in repro.stdout + repro.stderr  # DVC's stage ran Snakemake
+            study_commit = sh(root, "git", "rev-parse", "HEAD").stdout.strip()
+            commit(root, "results")  # dvc.lock, and the small metrics/curves that .gitignore lets through
+            done.write_text(study_commit)
+    return FinishedStudy(root, root / "config.yaml", cfg, done.read_text())
 
 
 # ------------------------------------------------------------------ running in parallel
@@ -83,15 +99,16 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
 # Snakemake workflows whose job chains keep one core busy (one Python process importing torch
 # at a time) or wait on a service (SLURM's status checks, a server starting), so workflows
 # side by side use the machine better. Scheduling units:
-# - a module with a module-scoped fixture (its own study or server) runs whole on one worker,
-#   so that study is built once;
-# - the modules that read the session's finished study share one unit, so it too runs once;
-# - any other test is a unit of its own, so long parametrized tests spread over the workers.
-# Units are handed out longest first (the finished study, then the other end-to-end modules),
-# so the last minutes are not one worker finishing a whole workflow while the others idle.
+# - a module with a module-scoped fixture (its own study, server or project copy) runs whole
+#   on one worker, so that fixture is built once;
+# - any other test is a unit of its own, so long parametrized tests spread over the workers
+#   (the finished study is built once for all workers: see `finished_study`).
+# Units are handed out longest first: the modules that wait for the finished study least
+# (the one that builds it, test_dvc), then the other end-to-end modules, end-to-end tests
+# and the rest, so the last minutes are not one worker finishing a whole workflow alone.
 # (xdist's own `--dist loadgroup` marks do not reach its scheduler under pytest 9, which
 # keeps node ids elsewhere: the units are drawn here instead.)
-FINISHED_STUDY_GROUP = "finished-study"
+FIRST = "test_dvc.py"  # the longest chain: the finished study, then its DVC experiments and remotes
 MODULE_FIXTURE = re.compile(r"""@pytest\.fixture\(\s*scope=["'](module|package|class)["']""")
 
 
@@ -99,7 +116,6 @@ def scheduling_facts() -> dict[str, set[str]]:
     """Per test file, what the scheduler must know (it sees node ids, not fixtures or marks)."""
     sources = {path.name: path.read_text() for path in Path(__file__).parent.glob("test_*.py")}
     return {
-        "sharing": {name for name, text in sources.items() if "finished_study" in text},
         "whole": {name for name, text in sources.items() if MODULE_FIXTURE.search(text)},
         "slow": {name for name, text in sources.items() if "pytest.mark.e2e" in text},
     }
@@ -111,9 +127,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     facts = scheduling_facts()
 
     def rank(scope: str) -> int:
-        """0 first: the finished study's unit, then whole end-to-end modules, end-to-end tests, the rest."""
+        """0 first: test_dvc, then whole end-to-end modules, end-to-end tests, the rest."""
         module = Path(scope.split("::", 1)[0]).name
-        if scope == FINISHED_STUDY_GROUP:
+        if module == FIRST:
             return 0
         if module in facts["slow"]:
             return 1 if "::" not in scope else 2
@@ -123,10 +139,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         ordered = False
 
         def _split_scope(self, nodeid: str) -> str:
-            module = Path(nodeid.split("::", 1)[0]).name
-            if module in facts["sharing"]:
-                return FINISHED_STUDY_GROUP
-            return nodeid.split("::", 1)[0] if module in facts["whole"] else nodeid
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in facts["whole"] else nodeid
 
         def _assign_work_unit(self, node: Any) -> None:
             if not self.ordered:  # once, before the first unit leaves: longest first, file order within

@@ -151,12 +151,13 @@ def test_a_copy_of_the_study_is_up_to_date(finished_study, tmp_path):
 
 
 def test_changing_one_variant_reruns_only_its_jobs(finished_study, tmp_path):
-    tmp = finished_study.root
+    # On a copy: even a dry run rewrites the changed variant's stage config (results/config/),
+    # and the shared study must stay as other tests (on other workers) read it.
+    tmp = copy_tree(finished_study.root, tmp_path / "copy")
     cfg = copy.deepcopy(finished_study.cfg)
     cfg["variants"]["scratch"] = {"loss": {"name": "dice"}}
     changed = write_yaml(tmp_path / "changed.yaml", cfg)
-    # A dry run: the shared study is left as it is.
-    dry = subprocess.run(snakemake_cmd(tmp, changed, "-n"), cwd=tmp, env=finished_study.env(),
+    dry = subprocess.run(snakemake_cmd(tmp, changed, "-n"), cwd=tmp, env=workflow_env(tmp),
                          capture_output=True, text=True, timeout=300)
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-2000:]
