@@ -20,10 +20,12 @@ import posixpath
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 from . import layout
 
@@ -40,13 +42,19 @@ def load_schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+@lru_cache(maxsize=1)
 def _defaulting_validator_class() -> type:
     """A Draft 2020-12 validator that writes each property's ``default`` into the instance.
 
     Defaults are set before descending, so an object defaulted to ``{}`` gets its own
     nested defaults filled as well. A number must also be finite: YAML can spell ``.inf`` and
     ``.nan``, which JSON Schema's ranges do not catch (NaN compares false to any bound).
+
+    Built on first use: every stage job imports this module to read its stage config, and
+    only validation (Snakemake's start, ``seglab predict``) needs jsonschema (~0.2 s to import).
     """
+    import jsonschema
+
     base = jsonschema.Draft202012Validator
     validate_properties = base.VALIDATORS["properties"]
     validate_type = base.VALIDATORS["type"]
@@ -65,8 +73,6 @@ def _defaulting_validator_class() -> type:
 
     return jsonschema.validators.extend(base, {"properties": set_defaults, "type": finite_type})
 
-
-_Validator = _defaulting_validator_class()
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +137,9 @@ def _known_keys(schema: dict[str, Any], instance: Any) -> set[str]:
 
 
 def _check(instance: Any, schema: dict[str, Any], source: str, prefix: str = "") -> None:
-    validator = _Validator(schema, registry=_registry())
+    import jsonschema
+
+    validator = _defaulting_validator_class()(schema, registry=_registry())
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         # The deepest error is the informative one: a bad option inside a sum term also makes
