@@ -12,7 +12,6 @@ Prints one JSON line per (model, size) with images/s (median of repeats) and (b)
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -21,15 +20,14 @@ from pathlib import Path
 
 import torch
 
-from common import add_execution_options, describe, execution_from, sync
+from common import describe, sync, training_benchmark_setup
 from seglab.classification.data import ClassificationDataset, PreparedImages, preprocess_images, verify_images
 from seglab.classification.losses import AccuracyAccumulator
 from seglab.classification.models import build_classifier, input_channels
 from seglab.classification.sources import write_shapes
-from seglab.data.loaders import loader_workers, make_loader
+from seglab.data.loaders import make_loader
 from seglab.data.transforms import build_augmentation
 from seglab.engine import Execution, run_epoch
-from seglab.runtime import select_device
 
 MODELS = {
     "vgg8": {"name": "vgg", "base": 8, "blocks": 3, "convs_per_block": 2, "batch_norm": True, "dropout": 0.3, "hidden": 64, "pool": "avg"},
@@ -74,21 +72,8 @@ def full(model, data: PreparedImages, channels: int, batch: int, steps: int, exe
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["vgg8", "vgg16w", "resnet18"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", default="auto", help="loader workers: a number or auto (as train.num_workers)")
-    add_execution_options(parser)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
-    args = parser.parse_args()
-    if args.quick:
-        args.models, args.sizes, args.batch, args.steps, args.repeats = ["vgg8"], [32], 8, 2, 1
-    device = select_device("auto")
-    execution = execution_from(args, device)
-    workers = loader_workers(args.workers, device)
+    args, execution, workers = training_benchmark_setup(__doc__, ["vgg8", "vgg16w", "resnet18"], [64, 128], 32,
+                                                         quick=(["vgg8"], [32], 8))
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             data = shapes_cache(Path(tmp) / str(size), size, max(args.batch * args.steps, 12))

@@ -62,6 +62,34 @@ def add_execution_options(parser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
 
 
+def training_benchmark_setup(doc: str, models: list[str], sizes: list[int], batch: int,
+                             quick: tuple[list[str], list[int], int]):
+    """The command line both training-throughput benchmarks share, parsed, and what it asks for.
+
+    ``quick`` is (models, sizes, batch) for ``--quick`` (the test suite's tiny run, 2 steps, 1 repeat).
+    Returns (args, execution, loader workers) on the auto-selected device.
+    """
+    import argparse
+
+    from seglab.data.loaders import loader_workers
+    from seglab.runtime import select_device
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=models)
+    parser.add_argument("--sizes", nargs="+", type=int, default=sizes)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", default="auto", help="loader workers: a number or auto (as train.num_workers)")
+    add_execution_options(parser)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
+    args = parser.parse_args()
+    if args.quick:
+        (args.models, args.sizes, args.batch), args.steps, args.repeats = quick, 2, 1
+    device = select_device("auto")
+    return args, execution_from(args, device), loader_workers(args.workers, device)
+
+
 def execution_from(args, device: torch.device):
     from seglab.engine import Execution
 

@@ -11,7 +11,6 @@ Prints one JSON line per (model, size) with images/s (median of repeats) and (b)
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -20,16 +19,14 @@ from pathlib import Path
 
 import torch
 
-from common import (MODEL_CONFIGS, add_execution_options, describe, execution_from, prepared_cache, resolved_loss,
-                    resolved_model, sync)
+from common import MODEL_CONFIGS, describe, prepared_cache, resolved_loss, resolved_model, sync, training_benchmark_setup
 from seglab.data.dataset import SegmentationDataset
 from seglab.data.prepared import PreparedData
 from seglab.data.transforms import build_augmentation
 from seglab.engine import Execution, run_epoch
 from seglab.losses import build_loss
 from seglab.models import MODELS, build_model
-from seglab.runtime import select_device
-from seglab.data.loaders import loader_workers, make_loader
+from seglab.data.loaders import make_loader
 
 
 def bare(model, batch: int, size: int, steps: int, device, execution: Execution) -> float:
@@ -60,21 +57,8 @@ def full(model, data: PreparedData, batch: int, steps: int, device, execution: E
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["unet32", "unet64", "resnet34unet"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", default="auto", help="loader workers: a number or auto (as train.num_workers)")
-    add_execution_options(parser)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
-    args = parser.parse_args()
-    if args.quick:
-        args.models, args.sizes, args.batch, args.steps, args.repeats = ["unet8"], [32], 4, 2, 1
-    device = select_device("auto")
-    execution = execution_from(args, device)
-    workers = loader_workers(args.workers, device)
+    args, execution, workers = training_benchmark_setup(__doc__, ["unet32", "unet64", "resnet34unet"], [128, 256], 16,
+                                                         quick=(["unet8"], [32], 4))
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             data = prepared_cache(Path(tmp) / str(size), size, args.batch * args.steps)
@@ -86,8 +70,8 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = execution.prepare(build_model(cfg, 3, 1))
                 # Interleaved, so that warm-up, allocator growth and clock drift fall on both alike.
-                rates = [(bare(model, args.batch, size, args.steps, device, execution),
-                          full(model, data, args.batch, args.steps, device, execution, workers))
+                rates = [(bare(model, args.batch, size, args.steps, execution.device, execution),
+                          full(model, data, args.batch, args.steps, execution.device, execution, workers))
                          for _ in range(args.repeats)]
                 a, b = (statistics.median(r) for r in zip(*rates))
                 print(json.dumps({
