@@ -12,15 +12,13 @@ Prints one JSON line per (model, size) with images/s (median of repeats) and (b)
 
 from __future__ import annotations
 
-import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import describe, sync, training_benchmark_setup
+from common import print_path_comparison, sync, training_benchmark_setup
 from seglab.classification.data import ClassificationDataset, PreparedImages, preprocess_images, verify_images
 from seglab.classification.losses import AccuracyAccumulator
 from seglab.classification.models import build_classifier, input_channels
@@ -81,16 +79,9 @@ def main() -> None:
                 channels = input_channels(MODELS[name], data.channels)
                 torch.manual_seed(0)
                 model = execution.prepare(build_classifier(MODELS[name], channels, data.num_classes))
-                rates = [(bare(model, channels, args.batch, size, args.steps, execution),
-                          full(model, data, channels, args.batch, args.steps, execution, workers))
-                         for _ in range(args.repeats)]
-                a, b = (statistics.median(r) for r in zip(*rates))
-                print(json.dumps({
-                    "model": name, "size": size, "batch": args.batch, **describe(execution), "workers": workers,
-                    "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
-                    "overhead_ms_per_img": round(1000 * (1 / b - 1 / a), 3),
-                }), flush=True)
-
+                print_path_comparison(name, size, args, execution, workers,
+                                      lambda: bare(model, channels, args.batch, size, args.steps, execution),
+                                      lambda: full(model, data, channels, args.batch, args.steps, execution, workers))
 
 if __name__ == "__main__":
     main()

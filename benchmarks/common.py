@@ -7,6 +7,7 @@ path and ``from common import ...`` works without making ``benchmarks`` a packag
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -88,6 +89,26 @@ def training_benchmark_setup(doc: str, models: list[str], sizes: list[int], batc
         (args.models, args.sizes, args.batch), args.steps, args.repeats = quick, 2, 1
     device = select_device("auto")
     return args, execution_from(args, device), loader_workers(args.workers, device)
+
+
+def print_path_comparison(name: str, size: int, args, execution, workers: int,
+                          bare_rate: Callable[[], float], seglab_rate: Callable[[], float]) -> None:
+    """One JSON line: the bare model's and seglab's training rate (img/s), median of ``args.repeats``.
+
+    The two are measured interleaved, so that warm-up, allocator growth and clock drift fall on both alike.
+    """
+    import json
+    import statistics
+
+    rates = [(bare_rate(), seglab_rate()) for _ in range(args.repeats)]
+    a, b = (statistics.median(r) for r in zip(*rates))
+    print(json.dumps({
+        "model": name, "size": size, "batch": args.batch, **describe(execution), "workers": workers,
+        "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
+        # Time per image the seglab path adds to the model's: what stays on the CPU
+        # when a GPU makes the model itself much faster.
+        "overhead_ms_per_img": round(1000 * (1 / b - 1 / a), 3),
+    }), flush=True)
 
 
 def execution_from(args, device: torch.device):

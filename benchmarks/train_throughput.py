@@ -12,14 +12,13 @@ Prints one JSON line per (model, size) with images/s (median of repeats) and (b)
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import MODEL_CONFIGS, describe, prepared_cache, resolved_loss, resolved_model, sync, training_benchmark_setup
+from common import MODEL_CONFIGS, prepared_cache, print_path_comparison, resolved_loss, resolved_model, sync, training_benchmark_setup
 from seglab.data.dataset import SegmentationDataset
 from seglab.data.prepared import PreparedData
 from seglab.data.transforms import build_augmentation
@@ -69,19 +68,9 @@ def main() -> None:
                     continue
                 torch.manual_seed(0)
                 model = execution.prepare(build_model(cfg, 3, 1))
-                # Interleaved, so that warm-up, allocator growth and clock drift fall on both alike.
-                rates = [(bare(model, args.batch, size, args.steps, execution.device, execution),
-                          full(model, data, args.batch, args.steps, execution.device, execution, workers))
-                         for _ in range(args.repeats)]
-                a, b = (statistics.median(r) for r in zip(*rates))
-                print(json.dumps({
-                    "model": name, "size": size, "batch": args.batch, **describe(execution), "workers": workers,
-                    "bare_img_s": round(a, 1), "seglab_img_s": round(b, 1), "ratio": round(b / a, 3),
-                    # Time per image the seglab path adds to the model's: what stays on the CPU
-                    # when a GPU makes the model itself much faster.
-                    "overhead_ms_per_img": round(1000 * (1 / b - 1 / a), 3),
-                }), flush=True)
-
+                print_path_comparison(name, size, args, execution, workers,
+                                      lambda: bare(model, args.batch, size, args.steps, execution.device, execution),
+                                      lambda: full(model, data, args.batch, args.steps, execution.device, execution, workers))
 
 if __name__ == "__main__":
     main()

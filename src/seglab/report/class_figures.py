@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..cam import overlay
-from .figures import plt, to_png
+from .figures import confusion, plt, to_png
 
 __all__ = ["CamSample", "cam_grid_figure", "confusion_matrix_figure"]
 
@@ -44,22 +44,7 @@ def confusion_matrix_figure(
     names = list(class_names)
     if counts.shape != (len(names), len(names)):
         raise ValueError(f"confusion matrix of shape {counts.shape} does not match {len(names)} class names")
-    # Colour by the row share so a rare class's errors show as clearly as a common one's.
-    share = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
-    side = 1.6 + 0.7 * len(names)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=7,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")
-    return _write(to_png(fig), path)
+    return _write(confusion(counts, names, title, with_counts=True), path)
 
 
 def cam_grid_figure(samples: Sequence[CamSample], path: Path, title: str) -> Path:

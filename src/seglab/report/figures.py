@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -206,23 +206,27 @@ def radar(table: pd.DataFrame, columns: list[tuple[str, str]]) -> bytes:
     return to_png(fig)
 
 
-def confusion(matrix: np.ndarray, classes: list[str], title: str) -> bytes:
-    """Row-normalised pixel confusion matrix (rows: truth, columns: prediction)."""
+def confusion(matrix: np.ndarray, classes: Sequence[str], title: str, with_counts: bool = False) -> bytes:
+    """Confusion matrix (rows: truth, columns: prediction), coloured by each row's share so that a
+    rare class's errors show as clearly as a common one's. Cells show the share, and with
+    ``with_counts`` (images) the count above it; pixel counts are too large to read."""
     m = np.asarray(matrix, dtype=float)
-    norm = m / np.clip(m.sum(axis=1, keepdims=True), 1, None)
-    size = 1.0 + 0.45 * len(classes)
+    share = m / np.clip(m.sum(axis=1, keepdims=True), 1, None)
+    names = list(classes)
+    size = (1.6 + 0.7 * len(names)) if with_counts else (1.0 + 0.45 * len(names))
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    shown = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if norm[i, j] > 0.5 else "black")
+    shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8 if with_counts else 7)
+    ax.set_yticks(range(len(names)), names, fontsize=8 if with_counts else 7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            text = f"{int(m[i, j])}\n{share[i, j]:.0%}" if with_counts else f"{share[i, j]:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if with_counts else 6,
+                    color="white" if share[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="share of the true class")
     return to_png(fig)
 
 
