@@ -105,3 +105,17 @@ def test_snakemake_plans_one_pretraining_per_repeat_and_fold_or_one_on_the_pool(
     train = next(block for block in plans["fold"].split("\n\n") if "output: results/models/colorized/r1/fold1/best.pt" in block)
     assert "/r1/fold1/weights.pt" in train
     assert "results/pretrain/" in plans["pool"] and "/r0/fold0/weights.pt" not in plans["pool"]
+
+
+def test_report_counts_the_unlabelled_pool_apart_from_the_labelled_images():
+    """The prepared data holds the pool too; the report's dataset line says how many images are labelled."""
+    from seglab.report.document import dataset_fact
+
+    dataset = {"name": "builtin-lesions", "source": "builtin"}
+    fingerprint = {"num_images": 432, "groups": 204, "classes": ["background", "lesion"]}
+    with_pool = {"test": ["t"] * 60, "folds": [["f"] * 60] * 3, "unlabelled": [f"u{i}" for i in range(192)]}
+    assert dataset_fact(dataset, fingerprint, with_pool) == (
+        "builtin-lesions (builtin), 240 labelled images and 192 unlabelled (colorization pretraining only), "
+        "204 groups, classes: background, lesion")
+    assert dataset_fact(dataset, fingerprint, {"test": [], "folds": []}) == (
+        "builtin-lesions (builtin), 432 images, 204 groups, classes: background, lesion")

@@ -274,6 +274,17 @@ class Figures:
         return _img(png, alt)
 
 
+def dataset_fact(dataset: dict[str, Any], fingerprint: dict[str, Any], splits: dict[str, Any]) -> str:
+    """The report's dataset line. Images of the unlabelled pool (colorization pretraining only)
+    are part of the prepared data, so they are counted apart: the labelled images are what the
+    folds and the test set are drawn from."""
+    pool = len(splits.get("unlabelled") or [])
+    images = (f"{fingerprint['num_images'] - pool} labelled images and {pool} unlabelled (colorization pretraining only)"
+              if pool else f"{fingerprint['num_images']} images")
+    return (f"{dataset['name']} ({dataset['source']}), {images}, {fingerprint.get('groups', '?')} groups, "
+            f"classes: {', '.join(fingerprint['classes'])}")
+
+
 def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
     study, metrics, fp, verify = inputs.study, inputs.metrics, data.fingerprint, inputs.verify
     devices = sorted({str(r.get("device")) for r in metrics["variants"].values()})
@@ -281,8 +292,7 @@ def study_facts(inputs: ReportInputs, data: PreparedData) -> dict[str, str]:
     tta = any(r.get("test_tta") for r in metrics["variants"].values())
     return {
         "study": study["study"]["name"],
-        "dataset": f"{study['dataset']['name']} ({study['dataset']['source']}), {fp['num_images']} images, "
-                   f"{fp.get('groups', '?')} groups, classes: {', '.join(fp['classes'])}",
+        "dataset": dataset_fact(study["dataset"], fp, inputs.splits),
         "fingerprint": f"data hash {config_hash(fp)}; mean {fp['mean']}, std {fp['std']}",
         "input size": f"{fp['size']}×{fp['size']} ({fp['policy']})",
         "verification": f"{verify['pairs_ok']} of {verify['pairs_found']} pairs usable, {len(verify['problems'])} problem(s)",
