@@ -71,7 +71,8 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
 
     Under pytest-xdist it is built once for all workers (xdist's recipe for a session fixture
     that must run once): the first worker to ask builds it in the temporary folder the workers
-    share, under a file lock; the others wait for it and read the same study.
+    share, under a file lock; the others wait for it and read the same study. A failed build
+    leaves its error beside the lock, and every other worker fails at once with it.
     """
     if shutil.which("git") is None:
         pytest.skip("git is not installed: the finished study is a DVC project, which lives in a git repository")
@@ -81,15 +82,20 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "finished-study"
     shared.mkdir(parents=True, exist_ok=True)
     cfg = dvc_study()
-    root, done = shared / "project", shared / "commit.txt"
+    root, done, failed = shared / "project", shared / "commit.txt", shared / "failed.txt"
     with FileLock(str(shared.with_suffix(".lock"))):
+        if failed.is_file():  # another worker's build failed: the same study would fail here too, slowly
+            pytest.fail(f"building the finished study failed on another worker:\n{failed.read_text()}")
         if not done.is_file():
-            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way on another worker
-            new_project(root, cfg)
-            repro = sh(root, "dvc", "repro")
-            assert "Job stats" in repro.stdout + repro.stderr  # DVC's stage ran Snakemake
-            study_commit = sh(root, "git", "rev-parse", "HEAD").stdout.strip()
-            commit(root, "results")  # dvc.lock, and the small metrics/curves that .gitignore lets through
+            try:
+                new_project(root, cfg)
+                repro = sh(root, "dvc", "repro")
+                assert "Job stats" in repro.stdout + repro.stderr  # DVC's stage ran Snakemake
+                study_commit = sh(root, "git", "rev-parse", "HEAD").stdout.strip()
+                commit(root, "results")  # dvc.lock, and the small metrics/curves that .gitignore lets through
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {str(error)[-4000:]}")
+                raise
             done.write_text(study_commit)
     return FinishedStudy(root, root / "config.yaml", cfg, done.read_text())
 
