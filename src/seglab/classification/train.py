@@ -3,7 +3,7 @@
 The same engine, resume store, early stopping, schedules, augmentation policies and seeds as
 segmentation (:mod:`seglab.train`, :mod:`seglab.resumable`); only the dataset, the model, the
 loss and the per-epoch validation scores (accuracy, balanced accuracy, macro F1) are the task's.
-Writes the fold's ``best.pt``, ``history.csv``, ``summary.json`` (and ``augmentation.png``).
+Writes the fold's checkpoint, history, summary and augmentation preview (file names: :mod:`seglab.layout`).
 """
 
 from __future__ import annotations
